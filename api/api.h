@@ -1,0 +1,120 @@
+/* api.h - crier-api's shared types: the app, a request in flight, and the
+ * functions each resource file exports to the router. */
+#ifndef CRIER_API_H
+#define CRIER_API_H
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <hiredis/async.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/time.h>
+
+#include "pgpool.h"
+#include "rq.h"
+
+/* Limits on what clients send (bytes). */
+#define API_MAX_JSON_BODY (1L << 20)     /* ordinary JSON requests */
+#define API_MAX_IMPORT_BODY (64L << 20)  /* NDJSON/CSV imports */
+#define API_IMPORT_BATCH 1000            /* rows per upsert statement */
+#define API_IMPORT_MAX_ERRORS 100        /* per-line errors reported */
+
+struct api_config {
+    char *database_url;
+    char *redis_url;
+    char *http_addr;
+    char *public_url;
+    char *key_prefix;
+    long pg_pool_size;
+    long pg_timeout_ms;
+    long http_timeout_s;
+    long max_body;
+    long shutdown_grace_s;
+    int log_level;
+    int log_format;
+};
+
+/* Redis link with reconnect and a liveness ping (hiredis 0.14 has no
+ * timeouts of its own). */
+struct api_redis {
+    struct app *app;
+    redisAsyncContext *ac;
+    bool connected;
+    struct timeval last_pong;
+    struct event *timer;
+};
+
+struct app {
+    struct event_base *base;
+    const struct api_config *cfg;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    struct pgpool *pg;
+    struct api_redis redis;
+    struct rq_keys keys;
+    struct event *sigterm, *sigint, *drain_timer;
+    bool draining;
+    int inflight;
+    struct auth_cache *auth;
+};
+
+/* One HTTP request being handled. Created by the router, freed by the
+ * response door (http_reply*), never elsewhere: after replying a handler
+ * must not touch it. */
+struct api_req {
+    struct app *app;
+    struct evhttp_request *req;
+    enum evhttp_cmd_type method;
+    char path[512];
+    const char *query; /* borrowed from the decoded URI, may be NULL */
+    struct evhttp_uri *uri;
+    long long tenant_id;
+    long long ids[2]; /* numeric path parameters, in order */
+    const char *body; /* contiguous request body, borrowed from evhttp */
+    size_t body_len;
+    size_t max_body;
+    void (*handler)(struct api_req *r);
+    void *state; /* handler-owned; freed with state_free */
+    void (*state_free)(void *state);
+    struct timeval started;
+};
+
+/* ---- response door (http.c) ---- */
+void http_reply_json(struct api_req *r, int status, cJSON *body); /* takes body */
+void http_reply_raw_json(struct api_req *r, int status, const char *json);
+/* field may be NULL. */
+void http_reply_error(struct api_req *r, int status, const char *code, const char *message,
+                      const char *field);
+/* 503 for a failed dependency call (logs the detail, never the client's fault). */
+void http_reply_dependency(struct api_req *r, const char *dependency, const char *detail);
+/* Parses the body as a JSON object; on failure replies 400 and returns NULL. */
+cJSON *http_body_json_or_reply(struct api_req *r);
+void http_request_free(struct api_req *r);
+
+/* ---- router / server (router.c) ---- */
+void router_handle(struct evhttp_request *req, void *arg);
+
+/* ---- auth (auth.c) ---- */
+struct auth_cache *auth_cache_new(void);
+void auth_cache_free(struct auth_cache *c);
+/* Resolves the bearer key, sets r->tenant_id and calls r->handler, or
+ * replies 401/503. */
+void auth_then_handle(struct api_req *r);
+
+/* ---- redis link (redis_link.c) ---- */
+void redis_link_start(struct app *app);
+void redis_link_stop(struct app *app);
+bool redis_link_ready(struct app *app);
+
+/* ---- handlers ---- */
+void health_healthz(struct api_req *r);
+void health_readyz(struct api_req *r);
+void customers_create(struct api_req *r);
+void customers_import(struct api_req *r);
+void campaigns_create(struct api_req *r);
+void campaigns_get(struct api_req *r);
+void campaigns_launch(struct api_req *r);
+void campaigns_stats(struct api_req *r);
+
+#endif

@@ -1,0 +1,138 @@
+/* router.c - maps (method, path) to a handler, enforces the body limit and
+ * authentication, and creates the struct api_req every handler receives. */
+#include <event2/buffer.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "log.h"
+#include "xalloc.h"
+
+struct route {
+    enum evhttp_cmd_type method;
+    const char *pattern; /* "{id}" matches a positive integer segment */
+    bool auth;
+    size_t max_body;
+    void (*handler)(struct api_req *r);
+};
+
+static const struct route routes[] = {
+    {EVHTTP_REQ_GET, "/healthz", false, 0, health_healthz},
+    {EVHTTP_REQ_GET, "/readyz", false, 0, health_readyz},
+    {EVHTTP_REQ_POST, "/v1/customers", true, API_MAX_JSON_BODY, customers_create},
+    {EVHTTP_REQ_POST, "/v1/customers/import", true, API_MAX_IMPORT_BODY, customers_import},
+    {EVHTTP_REQ_POST, "/v1/campaigns", true, API_MAX_JSON_BODY, campaigns_create},
+    {EVHTTP_REQ_GET, "/v1/campaigns/{id}", true, 0, campaigns_get},
+    {EVHTTP_REQ_POST, "/v1/campaigns/{id}/launch", true, API_MAX_JSON_BODY, campaigns_launch},
+    {EVHTTP_REQ_GET, "/v1/campaigns/{id}/stats", true, 0, campaigns_stats},
+};
+#define NROUTES (sizeof(routes) / sizeof(routes[0]))
+
+/* Matches path against pattern; fills ids. */
+static bool route_match(const char *pattern, const char *path, long long ids[2])
+{
+    int nid = 0;
+    while (*pattern && *path) {
+        if (strncmp(pattern, "{id}", 4) == 0) {
+            if (*path < '1' || *path > '9')
+                return false;
+            char *end = NULL;
+            errno = 0;
+            long long v = strtoll(path, &end, 10);
+            if (errno || (*end && *end != '/') || nid >= 2)
+                return false;
+            ids[nid++] = v;
+            pattern += 4;
+            path = end;
+            continue;
+        }
+        if (*pattern != *path)
+            return false;
+        pattern++;
+        path++;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    default: return "OTHER";
+    }
+}
+
+void router_handle(struct evhttp_request *req, void *arg)
+{
+    struct app *app = arg;
+    struct api_req *r = xcalloc(1, sizeof(*r));
+    r->app = app;
+    r->req = req;
+    r->method = evhttp_request_get_command(req);
+    gettimeofday(&r->started, NULL);
+    app->inflight++;
+
+    if (app->draining) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        http_reply_error(r, 503, "shutting_down", "server is shutting down", NULL);
+        return;
+    }
+    r->uri = evhttp_uri_parse_with_flags(evhttp_request_get_uri(req), EVHTTP_URI_NONCONFORMANT);
+    const char *path = r->uri ? evhttp_uri_get_path(r->uri) : NULL;
+    if (!path || strlen(path) >= sizeof(r->path)) {
+        snprintf(r->path, sizeof(r->path), "?");
+        http_reply_error(r, 400, "bad_request", "malformed request URI", NULL);
+        return;
+    }
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    r->query = evhttp_uri_get_query(r->uri);
+
+    const struct route *hit = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < NROUTES; i++) {
+        long long ids[2] = {0, 0};
+        if (!route_match(routes[i].pattern, r->path, ids))
+            continue;
+        path_known = true;
+        if (routes[i].method == r->method ||
+            (routes[i].method == EVHTTP_REQ_GET && r->method == EVHTTP_REQ_HEAD)) {
+            hit = &routes[i];
+            memcpy(r->ids, ids, sizeof(ids));
+            break;
+        }
+    }
+    if (!hit) {
+        if (path_known) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "method %s not allowed here", method_name(r->method));
+            http_reply_error(r, 405, "method_not_allowed", msg, NULL);
+        } else {
+            http_reply_error(r, 404, "not_found", "no such route", NULL);
+        }
+        return;
+    }
+
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len > hit->max_body) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", hit->max_body);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        http_reply_error(r, 413, "body_too_large", msg, NULL);
+        return;
+    }
+    r->body_len = len;
+    r->body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+    r->max_body = hit->max_body;
+    r->handler = hit->handler;
+    if (hit->auth)
+        auth_then_handle(r);
+    else
+        r->handler(r);
+}

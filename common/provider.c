@@ -1,0 +1,133 @@
+/* provider.c - send outcomes and Twilio's SMS wire format. */
+#include "provider.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *send_outcome_status(enum send_outcome o)
+{
+    switch (o) {
+    case SEND_OK: return "sent";
+    case SEND_RETRY: return "retry";
+    case SEND_FAILED: return "failed";
+    case SEND_UNKNOWN: return "unknown";
+    case SEND_SKIPPED: return "skipped";
+    }
+    return "unknown";
+}
+
+static enum cr_err form_escape(struct buf *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    enum cr_err e = CR_OK;
+    for (const unsigned char *p = (const unsigned char *)s; *p && !e; p++) {
+        if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+            e = buf_putc(out, (char)*p);
+        } else if (*p == ' ') {
+            e = buf_putc(out, '+');
+        } else {
+            char enc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+            e = buf_append(out, enc, 3);
+        }
+    }
+    return e;
+}
+
+enum cr_err form_add(struct buf *out, const char *name, const char *value)
+{
+    enum cr_err e = out->len ? buf_putc(out, '&') : CR_OK;
+    if (!e)
+        e = form_escape(out, name);
+    if (!e)
+        e = buf_putc(out, '=');
+    if (!e)
+        e = form_escape(out, value);
+    return e;
+}
+
+enum cr_err twilio_sms_form(struct buf *out, const char *to, const char *from, const char *body,
+                            const char *status_callback)
+{
+    enum cr_err e = form_add(out, "To", to);
+    if (!e)
+        e = form_add(out, strncmp(from, "MG", 2) == 0 ? "MessagingServiceSid" : "From", from);
+    if (!e)
+        e = form_add(out, "Body", body);
+    if (!e && status_callback)
+        e = form_add(out, "StatusCallback", status_callback);
+    return e;
+}
+
+static void set_text(char *dst, size_t n, const char *s)
+{
+    snprintf(dst, n, "%s", s ? s : "");
+}
+
+void twilio_classify(long http_status, const char *body, size_t len, long retry_after_s,
+                     struct send_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->retry_after_s = retry_after_s;
+    cJSON *j = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    const cJSON *sid = cJSON_GetObjectItemCaseSensitive(j, "sid");
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(j, "status");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(j, "message");
+    long c = cJSON_IsNumber(code) ? (long)code->valuedouble : 0;
+    if (c)
+        snprintf(out->code, sizeof(out->code), "%ld", c);
+    if (cJSON_IsString(message))
+        set_text(out->message, sizeof(out->message), message->valuestring);
+
+    if (http_status >= 200 && http_status < 300) {
+        if (cJSON_IsString(sid) && *sid->valuestring) {
+            out->outcome = SEND_OK;
+            set_text(out->provider_id, sizeof(out->provider_id), sid->valuestring);
+            if (cJSON_IsString(status))
+                set_text(out->provider_status, sizeof(out->provider_status),
+                         status->valuestring);
+        } else {
+            /* Accepted, but we cannot tell which message: never resend. */
+            out->outcome = SEND_UNKNOWN;
+            set_text(out->message, sizeof(out->message), "2xx answer without a message sid");
+        }
+    } else if (http_status == 429 || c == 20429 || c == 21611 || c == 30001) {
+        out->outcome = SEND_RETRY;
+    } else if (http_status >= 500) {
+        out->outcome = SEND_RETRY;
+        if (!out->message[0])
+            snprintf(out->message, sizeof(out->message), "HTTP %ld from provider", http_status);
+    } else {
+        out->outcome = SEND_FAILED;
+        out->opt_out = c == 21610;
+        if (!out->message[0])
+            snprintf(out->message, sizeof(out->message), "HTTP %ld from provider", http_status);
+    }
+    if (!out->code[0] && out->outcome != SEND_OK)
+        snprintf(out->code, sizeof(out->code), "http_%ld", http_status);
+    cJSON_Delete(j);
+}
+
+void transport_classify(bool connected, const char *what, struct send_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->outcome = connected ? SEND_UNKNOWN : SEND_RETRY;
+    snprintf(out->code, sizeof(out->code), "%s", connected ? "transport" : "connect");
+    snprintf(out->message, sizeof(out->message), "%s", what ? what : "transport error");
+}
+
+long retry_after_parse(const char *value)
+{
+    if (!value)
+        return 0;
+    while (*value == ' ')
+        value++;
+    char *end = NULL;
+    long v = strtol(value, &end, 10);
+    if (end == value || v < 0)
+        return 0;
+    return v > 86400 ? 86400 : v;
+}

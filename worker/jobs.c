@@ -1,0 +1,419 @@
+/* jobs.c - the worker's side of the streams and the database: reads job
+ * batches, claims them, writes outcomes in batches and acknowledges.
+ *
+ * A stream entry is XACKed only after its outcome is committed (or when the
+ * claim shows another worker owns the delivery), so a crash leaves it
+ * pending and the reclaim below hands it to a live worker. */
+#include <hiredis/adapters/libevent.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "log.h"
+#include "worker.h"
+#include "xalloc.h"
+
+/* $1 delivery ids, $2 their tenants, $3 this worker. */
+static const char sql_claim[] =
+    "WITH j AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS j(id, tenant_id)),"
+    " claimed AS ("
+    "  UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, claimed_by = $3,"
+    "    claimed_at = now(), updated_at = now()"
+    "  FROM j WHERE d.id = j.id AND d.tenant_id = j.tenant_id"
+    "    AND d.status IN ('pending', 'queued')"
+    "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts)"
+    " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
+    "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
+    "  p.credentials, c.sms_opt_out"
+    " FROM claimed cl"
+    " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
+    " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
+    " LEFT JOIN provider_accounts p ON p.tenant_id = k.tenant_id AND p.id = k.provider_account_id";
+
+/* Reclaimed entries whose delivery is still 'sending' long after the claim:
+ * the worker died mid-send, the provider may have accepted: unknown. */
+static const char sql_orphans[] =
+    "UPDATE deliveries SET status = 'unknown', last_error = 'worker died during the send',"
+    "  updated_at = now()"
+    " WHERE id = ANY($1::bigint[]) AND tenant_id = ANY($2::bigint[]) AND status = 'sending'"
+    "   AND claimed_at < now() - make_interval(secs => $3::int)";
+
+static const char sql_outcomes[] =
+    "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
+    "   $5::text[], $6::text[], $7::int[], $8::text[], $9::text[])"
+    "   AS u(id, tenant_id, status, pmid, code, err, retry_in, body, provider)),"
+    " upd AS ("
+    "  UPDATE deliveries d SET status = u.status, provider = u.provider,"
+    "    provider_message_id = COALESCE(u.pmid, d.provider_message_id),"
+    "    error_code = NULLIF(u.code, ''), last_error = NULLIF(u.err, ''),"
+    "    skip_reason = CASE WHEN u.status = 'skipped' THEN u.err ELSE d.skip_reason END,"
+    "    next_attempt_at = CASE WHEN u.status = 'retry'"
+    "      THEN now() + make_interval(secs => u.retry_in) END,"
+    "    sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,"
+    "    updated_at = now()"
+    "  FROM u WHERE d.id = u.id AND d.tenant_id = u.tenant_id AND d.status = 'sending'"
+    "    AND d.claimed_by = $10"
+    "  RETURNING d.id, d.tenant_id, d.customer_id, d.channel, u.status, u.body, u.pmid, u.code),"
+    " msg AS ("
+    "  INSERT INTO messages (tenant_id, delivery_id, customer_id, direction, channel, body,"
+    "    provider_message_id)"
+    "  SELECT tenant_id, id, customer_id, 'outbound', channel, body, pmid FROM upd"
+    "  WHERE status IN ('sent', 'unknown') AND body IS NOT NULL),"
+    " cust AS ("
+    "  UPDATE customers c SET last_contact_at = CASE WHEN upd.status = 'sent' THEN now()"
+    "      ELSE c.last_contact_at END,"
+    "    sms_opt_out = c.sms_opt_out OR upd.code = '21610', updated_at = now()"
+    "  FROM upd WHERE c.tenant_id = upd.tenant_id AND c.id = upd.customer_id"
+    "    AND (upd.status = 'sent' OR upd.code = '21610'))"
+    " SELECT count(*) FROM upd";
+
+#define ORPHAN_AGE_S 60
+
+/* ---------------------------------------------------------------------
+ * Redis connections
+ * ------------------------------------------------------------------- */
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct worker *w = ac->data;
+    bool ok = status == REDIS_OK;
+    if (ac == w->rd) {
+        w->rd_ready = ok;
+        if (!ok)
+            w->rd = NULL;
+    } else if (ac == w->wr) {
+        w->wr_ready = ok;
+        if (!ok)
+            w->wr = NULL;
+    }
+    if (!ok)
+        log_warn("redis connect failed: %s", ac->errstr);
+    else
+        jobs_maybe_read(w);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct worker *w = ac->data;
+    if (status != REDIS_OK)
+        log_warn("redis disconnected: %s", ac->errstr);
+    if (ac == w->rd) {
+        w->rd = NULL;
+        w->rd_ready = false;
+        w->reading = false;
+    } else if (ac == w->wr) {
+        w->wr = NULL;
+        w->wr_ready = false;
+    }
+}
+
+static redisAsyncContext *connect_one(struct worker *w)
+{
+    char err[256];
+    redisAsyncContext *ac = rq_connect_async(w->cfg->redis_url, err, sizeof(err));
+    if (!ac) {
+        log_warn("%s", err);
+        return NULL;
+    }
+    ac->data = w;
+    redisLibeventAttach(ac, w->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return ac;
+}
+
+static void group_created(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    (void)ac;
+    (void)priv;
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
+        log_error("XGROUP CREATE: %s", r->str);
+}
+
+void jobs_connect_redis(struct worker *w)
+{
+    if (!w->wr && (w->wr = connect_one(w)))
+        redisAsyncCommand(w->wr, group_created, NULL, "XGROUP CREATE %s workers $ MKSTREAM",
+                          w->keys.jobs[0]);
+    if (!w->rd)
+        w->rd = connect_one(w);
+}
+
+/* ---------------------------------------------------------------------
+ * Reading and claiming
+ * ------------------------------------------------------------------- */
+
+struct entry {
+    char stream_id[32];
+    long long delivery_id;
+    long long tenant_id;
+    bool claimed;
+};
+
+static void ack_ids(struct worker *w, char **ids, int n)
+{
+    if (n == 0 || !w->wr)
+        return;
+    const char **argv = xcalloc((size_t)n + 3, sizeof(char *));
+    argv[0] = "XACK";
+    argv[1] = w->keys.jobs[0];
+    argv[2] = "workers";
+    for (int i = 0; i < n; i++)
+        argv[3 + i] = ids[i];
+    redisAsyncCommandArgv(w->wr, NULL, NULL, n + 3, argv, NULL);
+    free(argv);
+}
+
+static const char *field_value(redisReply *fields, const char *name)
+{
+    for (size_t k = 0; k + 1 < fields->elements; k += 2)
+        if (fields->element[k]->type == REDIS_REPLY_STRING &&
+            strcmp(fields->element[k]->str, name) == 0 &&
+            fields->element[k + 1]->type == REDIS_REPLY_STRING)
+            return fields->element[k + 1]->str;
+    return NULL;
+}
+
+/* Claims the entries and starts their sends; acks what is not ours. */
+static void process_entries(struct worker *w, redisReply *entries, bool reclaimed)
+{
+    int n = (int)entries->elements;
+    if (n == 0)
+        return;
+    struct entry *e = xcalloc((size_t)n, sizeof(*e));
+    struct pgarr ids, tenants;
+    pgarr_init(&ids, (size_t)n * 24 + 8);
+    pgarr_init(&tenants, (size_t)n * 24 + 8);
+    int valid = 0;
+    for (int i = 0; i < n; i++) {
+        redisReply *en = entries->element[i];
+        if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 ||
+            en->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        snprintf(e[i].stream_id, sizeof(e[i].stream_id), "%s", en->element[0]->str);
+        const char *d = en->element[1]->type == REDIS_REPLY_ARRAY
+                            ? field_value(en->element[1], "d")
+                            : NULL;
+        const char *t = d ? field_value(en->element[1], "t") : NULL;
+        if (!d || !t) {
+            log_warn("job %s has no delivery/tenant; dropping it", e[i].stream_id);
+            continue;
+        }
+        e[i].delivery_id = strtoll(d, NULL, 10);
+        e[i].tenant_id = strtoll(t, NULL, 10);
+        if (pgarr_add_int(&ids, e[i].delivery_id) == CR_OK &&
+            pgarr_add_int(&tenants, e[i].tenant_id) == CR_OK)
+            valid++;
+    }
+
+    PGresult *res = NULL;
+    bool db_ok = true;
+    if (valid > 0) {
+        if (db_ensure(w->pg) != CR_OK) {
+            db_ok = false;
+        } else if (reclaimed) {
+            char age[16];
+            snprintf(age, sizeof(age), "%d", ORPHAN_AGE_S);
+            const char *p[] = {pgarr_str(&ids), pgarr_str(&tenants), age};
+            PGresult *o = NULL;
+            if (db_exec(w->pg, "orphans", sql_orphans, 3, p, &o) == CR_OK) {
+                if (atoi(PQcmdTuples(o)) > 0)
+                    log_warn("%s deliveries orphaned by a dead worker marked unknown",
+                             PQcmdTuples(o));
+                PQclear(o);
+            } else {
+                db_ok = false;
+            }
+        }
+        if (db_ok) {
+            const char *p[] = {pgarr_str(&ids), pgarr_str(&tenants), w->consumer};
+            db_ok = db_exec(w->pg, "claim", sql_claim, 3, p, &res) == CR_OK;
+        }
+    }
+    if (!db_ok) {
+        /* Leave the entries pending: the reclaim hands them out again. */
+        log_warn("claim failed; %d jobs stay pending for a later reclaim", n);
+        goto out;
+    }
+    for (int r = 0; res && r < PQntuples(res); r++) {
+        long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+        for (int i = 0; i < n; i++) {
+            if (e[i].delivery_id == id && !e[i].claimed) {
+                e[i].claimed = true;
+                send_start(w, res, r, e[i].stream_id);
+                break;
+            }
+        }
+    }
+    /* Not claimed: already handled by another worker or a duplicate job. */
+    char **unclaimed = xcalloc((size_t)n, sizeof(char *));
+    int nu = 0;
+    for (int i = 0; i < n; i++)
+        if (!e[i].claimed && e[i].stream_id[0])
+            unclaimed[nu++] = e[i].stream_id;
+    ack_ids(w, unclaimed, nu);
+    free(unclaimed);
+out:
+    PQclear(res);
+    pgarr_cleanup(&ids);
+    pgarr_cleanup(&tenants);
+    free(e);
+}
+
+static void on_read(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct worker *w = priv;
+    redisReply *r = reply;
+    (void)ac;
+    w->reading = false;
+    if (!r) {
+        return; /* disconnected; the tick reconnects */
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        log_warn("XREADGROUP: %s", r->str);
+        if (strncmp(r->str, "NOGROUP", 7) == 0 && w->wr)
+            redisAsyncCommand(w->wr, group_created, NULL, "XGROUP CREATE %s workers $ MKSTREAM",
+                              w->keys.jobs[0]);
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+        process_entries(w, r->element[0]->element[1], false);
+    }
+    jobs_flush(w);
+    jobs_maybe_read(w);
+}
+
+static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct worker *w = priv;
+    redisReply *r = reply;
+    (void)ac;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+        return;
+    if (r->element[1]->elements > 0) {
+        log_info("reclaimed %zu idle jobs", r->element[1]->elements);
+        process_entries(w, r->element[1], true);
+    }
+}
+
+void jobs_reclaim(struct worker *w)
+{
+    if (!w->wr || !w->wr_ready || w->stopping)
+        return;
+    redisAsyncCommand(w->wr, on_reclaim, w, "XAUTOCLAIM %s workers %s %d 0-0 COUNT %ld",
+                      w->keys.jobs[0], w->consumer, ORPHAN_AGE_S * 1000, w->cfg->batch);
+}
+
+void jobs_maybe_read(struct worker *w)
+{
+    if (w->reading || w->stopping || !w->rd || !w->rd_ready)
+        return;
+    long room = w->cfg->concurrency - w->inflight - w->noutcomes;
+    if (room < w->cfg->batch / 4 + 1)
+        return;
+    long count = room < w->cfg->batch ? room : w->cfg->batch;
+    w->reading = true;
+    redisAsyncCommand(w->rd, on_read, w, "XREADGROUP GROUP workers %s COUNT %ld BLOCK 1000 "
+                                         "STREAMS %s >",
+                      w->consumer, count, w->keys.jobs[0]);
+}
+
+/* ---------------------------------------------------------------------
+ * Outcomes
+ * ------------------------------------------------------------------- */
+
+void jobs_add_outcome(struct worker *w, struct outcome *o)
+{
+    if (o->res.outcome == SEND_RETRY && o->attempts >= w->cfg->max_attempts) {
+        o->res.outcome = SEND_FAILED;
+        char msg[sizeof(o->res.message)];
+        snprintf(msg, sizeof(msg), "attempts exhausted (%d): %.200s", o->attempts,
+                 o->res.message);
+        snprintf(o->res.message, sizeof(o->res.message), "%s", msg);
+        if (w->wr) {
+            char id[24], tenant[24];
+            snprintf(id, sizeof(id), "%lld", o->delivery_id);
+            snprintf(tenant, sizeof(tenant), "%lld", o->tenant_id);
+            redisAsyncCommand(w->wr, NULL, NULL, "XADD %s * d %s t %s code %s error %s",
+                              w->keys.dlq, id, tenant, o->res.code, o->res.message);
+        }
+    }
+    if (w->noutcomes == w->outcomes_cap) {
+        w->outcomes_cap = w->outcomes_cap ? w->outcomes_cap * 2 : 256;
+        w->outcomes = xrealloc(w->outcomes, (size_t)w->outcomes_cap * sizeof(*w->outcomes));
+    }
+    w->outcomes[w->noutcomes++] = *o;
+    if (w->noutcomes >= w->cfg->batch)
+        jobs_flush(w);
+}
+
+/* Backoff for attempt n: 5 s * 2^(n-1), capped at 1 h, jitter ±25 %,
+ * at least Retry-After. */
+static long backoff_s(int attempts, long retry_after)
+{
+    long base = 5L << (attempts > 10 ? 10 : (attempts > 0 ? attempts - 1 : 0));
+    if (base > 3600)
+        base = 3600;
+    long jitter = base / 4;
+    long b = base - jitter + (jitter ? random() % (2 * jitter + 1) : 0);
+    return b > retry_after ? b : retry_after;
+}
+
+void jobs_flush(struct worker *w)
+{
+    if (w->noutcomes == 0)
+        return;
+    int n = w->noutcomes;
+    struct pgarr a[9];
+    for (int i = 0; i < 9; i++)
+        pgarr_init(&a[i], 64u << 20);
+    enum cr_err e = CR_OK;
+    for (int i = 0; i < n && !e; i++) {
+        struct outcome *o = &w->outcomes[i];
+        bool sent = o->res.outcome == SEND_OK;
+        e = pgarr_add_int(&a[0], o->delivery_id);
+        if (!e)
+            e = pgarr_add_int(&a[1], o->tenant_id);
+        if (!e)
+            e = pgarr_add_text(&a[2], send_outcome_status(o->res.outcome));
+        if (!e)
+            e = pgarr_add_text(&a[3], sent ? o->res.provider_id : NULL);
+        if (!e)
+            e = pgarr_add_text(&a[4], o->res.code);
+        if (!e)
+            e = pgarr_add_text(&a[5], o->res.message);
+        if (!e)
+            e = pgarr_add_int(&a[6], o->res.outcome == SEND_RETRY
+                                         ? backoff_s(o->attempts, o->res.retry_after_s)
+                                         : 0);
+        if (!e)
+            e = pgarr_add_text(&a[7], o->body);
+        if (!e)
+            e = pgarr_add_text(&a[8], o->provider);
+    }
+    bool ok = false;
+    if (!e && db_ensure(w->pg) == CR_OK) {
+        const char *p[10];
+        for (int i = 0; i < 9; i++)
+            p[i] = pgarr_str(&a[i]);
+        p[9] = w->consumer;
+        ok = db_exec(w->pg, "write outcomes", sql_outcomes, 10, p, NULL) == CR_OK;
+    }
+    for (int i = 0; i < 9; i++)
+        pgarr_cleanup(&a[i]);
+    if (!ok) {
+        log_warn("writing %d outcomes failed; will retry", n);
+        return;
+    }
+    char **ids = xcalloc((size_t)n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        ids[i] = w->outcomes[i].stream_id;
+        if (w->outcomes[i].res.outcome == SEND_OK)
+            w->sent_total++;
+    }
+    ack_ids(w, ids, n);
+    free(ids);
+    for (int i = 0; i < n; i++)
+        free(w->outcomes[i].body);
+    w->noutcomes = 0;
+}

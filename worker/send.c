@@ -1,0 +1,459 @@
+/* send.c - renders and places sends: the sandbox provider (no network;
+ * appends the message to a local file) and Twilio's Messages API through
+ * curl's multi interface driven by the libevent loop (many requests in
+ * flight, connections reused). Columns of a claimed row: see sql_claim. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "template.h"
+#include "worker.h"
+#include "xalloc.h"
+
+#define SEND_MAX_RESPONSE (256 * 1024)
+#define SEND_MAX_BODY 8192
+
+enum claim_col {
+    COL_ID = 0,
+    COL_TENANT,
+    COL_ATTEMPTS,
+    COL_PHONE,
+    COL_FIRST,
+    COL_LAST,
+    COL_EMAIL,
+    COL_EXTERNAL,
+    COL_ATTRS,
+    COL_BODY,
+    COL_ACCOUNT,
+    COL_KIND,
+    COL_FROM,
+    COL_CREDS,
+    COL_OPT_OUT,
+};
+
+struct send {
+    struct worker *w;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct buf response;
+    long retry_after;
+    struct outcome o;
+};
+
+struct sock {
+    struct worker *w;
+    struct event *ev;
+};
+
+/* ---------------------------------------------------------------------
+ * curl multi on libevent
+ * ------------------------------------------------------------------- */
+
+static void check_done(struct worker *w);
+
+static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
+{
+    struct worker *w = arg;
+    int action = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(w->multi, fd, action, &running);
+    check_done(w);
+}
+
+static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct worker *w = userp;
+    struct sock *sk = socketp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (sk) {
+            event_free(sk->ev);
+            free(sk);
+        }
+        curl_multi_assign(w->multi, s, NULL);
+        return 0;
+    }
+    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) |
+                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
+    if (!sk) {
+        sk = xcalloc(1, sizeof(*sk));
+        sk->w = w;
+        sk->ev = event_new(w->base, s, kind, sock_event_cb, w);
+        curl_multi_assign(w->multi, s, sk);
+    } else {
+        event_del(sk->ev);
+        event_assign(sk->ev, w->base, s, kind, sock_event_cb, w);
+    }
+    event_add(sk->ev, NULL);
+    return 0;
+}
+
+static void curl_timer_cb(evutil_socket_t fd, short kind, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)kind;
+    int running = 0;
+    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(w);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct worker *w = userp;
+    (void)multi;
+    if (timeout_ms < 0) {
+        evtimer_del(w->curl_timer);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(w->curl_timer, &tv);
+    return 0;
+}
+
+bool send_init(struct worker *w)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return false;
+    w->multi = curl_multi_init();
+    if (!w->multi)
+        return false;
+    w->curl_timer = evtimer_new(w->base, curl_timer_cb, w);
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, w->cfg->max_connections);
+    curl_multi_setopt(w->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, w->cfg->max_connections);
+    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, w->cfg->max_connections);
+    if (w->cfg->sandbox_log && *w->cfg->sandbox_log) {
+        w->sandbox = fopen(w->cfg->sandbox_log, "a");
+        if (!w->sandbox) {
+            log_error("cannot open CRIER_SANDBOX_LOG %s", w->cfg->sandbox_log);
+            return false;
+        }
+    }
+    return true;
+}
+
+void send_cleanup(struct worker *w)
+{
+    if (w->multi)
+        curl_multi_cleanup(w->multi);
+    if (w->curl_timer)
+        event_free(w->curl_timer);
+    if (w->sandbox)
+        fclose(w->sandbox);
+    while (w->accounts) {
+        struct account *a = w->accounts;
+        w->accounts = a->next;
+        memset(a->auth, 0, sizeof(a->auth));
+        free(a);
+    }
+    curl_global_cleanup();
+}
+
+/* ---------------------------------------------------------------------
+ * Provider accounts
+ * ------------------------------------------------------------------- */
+
+static struct account *account_get(struct worker *w, PGresult *res, int row, char *why,
+                                   size_t whysz)
+{
+    if (PQgetisnull(res, row, COL_ACCOUNT)) {
+        snprintf(why, whysz, "campaign has no provider account");
+        return NULL;
+    }
+    long long id = strtoll(PQgetvalue(res, row, COL_ACCOUNT), NULL, 10);
+    for (struct account *a = w->accounts; a; a = a->next)
+        if (a->id == id)
+            return a;
+    const char *kind = PQgetvalue(res, row, COL_KIND);
+    struct account *a = xcalloc(1, sizeof(*a));
+    a->id = id;
+    snprintf(a->from, sizeof(a->from), "%s", PQgetvalue(res, row, COL_FROM));
+    if (strcmp(kind, "sandbox") == 0) {
+        a->kind = ACCOUNT_SANDBOX;
+    } else if (strcmp(kind, "twilio") == 0) {
+        a->kind = ACCOUNT_TWILIO;
+        char *plain = NULL;
+        size_t plen = 0;
+        cJSON *creds = NULL;
+        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
+            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
+            !(creds = cJSON_Parse(plain))) {
+            snprintf(why, whysz, "provider account %lld: credentials cannot be opened "
+                                 "(check CRIER_SECRET_KEY)", id);
+            free(plain);
+            free(a);
+            return NULL;
+        }
+        const cJSON *sid = cJSON_GetObjectItemCaseSensitive(creds, "account_sid");
+        const cJSON *secret = cJSON_GetObjectItemCaseSensitive(creds, "secret");
+        if (!cJSON_IsString(sid) || !cJSON_IsString(secret)) {
+            snprintf(why, whysz, "provider account %lld: credentials lack account_sid/secret", id);
+            cJSON_Delete(creds);
+            memset(plain, 0, plen);
+            free(plain);
+            free(a);
+            return NULL;
+        }
+        snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/Messages.json",
+                 w->cfg->twilio_base_url, sid->valuestring);
+        snprintf(a->auth, sizeof(a->auth), "%s:%s", sid->valuestring, secret->valuestring);
+        cJSON_Delete(creds);
+        memset(plain, 0, plen);
+        free(plain);
+    } else {
+        snprintf(why, whysz, "provider kind %s cannot send sms", kind);
+        free(a);
+        return NULL;
+    }
+    a->next = w->accounts;
+    w->accounts = a;
+    return a;
+}
+
+/* ---------------------------------------------------------------------
+ * Rendering
+ * ------------------------------------------------------------------- */
+
+struct render_ctx {
+    PGresult *res;
+    int row;
+    cJSON *attrs;
+    char num[32];
+};
+
+static const char *render_lookup(void *arg, const char *name, size_t n)
+{
+    struct render_ctx *c = arg;
+    static const struct {
+        const char *name;
+        int col;
+    } cols[] = {{"first_name", COL_FIRST}, {"last_name", COL_LAST}, {"email", COL_EMAIL},
+                {"phone", COL_PHONE},      {"external_id", COL_EXTERNAL}};
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
+        if (strlen(cols[i].name) == n && strncmp(cols[i].name, name, n) == 0)
+            return PQgetisnull(c->res, c->row, cols[i].col) ? NULL
+                                                            : PQgetvalue(c->res, c->row, cols[i].col);
+    if (n > 11 && strncmp(name, "attributes.", 11) == 0) {
+        if (!c->attrs)
+            c->attrs = cJSON_Parse(PQgetvalue(c->res, c->row, COL_ATTRS));
+        char key[128];
+        snprintf(key, sizeof(key), "%.*s", (int)(n - 11), name + 11);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->attrs, key);
+        if (cJSON_IsString(v))
+            return v->valuestring;
+        if (cJSON_IsNumber(v)) {
+            snprintf(c->num, sizeof(c->num), "%g", v->valuedouble);
+            return c->num;
+        }
+        if (cJSON_IsBool(v))
+            return cJSON_IsTrue(v) ? "true" : "false";
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * Sends
+ * ------------------------------------------------------------------- */
+
+static void finish(struct worker *w, struct outcome *o)
+{
+    jobs_add_outcome(w, o);
+}
+
+static void skip_or_fail(struct worker *w, struct outcome *o, enum send_outcome out,
+                         const char *code, const char *msg)
+{
+    o->res.outcome = out;
+    snprintf(o->res.code, sizeof(o->res.code), "%s", code);
+    snprintf(o->res.message, sizeof(o->res.message), "%s", msg);
+    finish(w, o);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct send *s = arg;
+    size_t n = size * nmemb;
+    if (buf_append(&s->response, data, n) != CR_OK)
+        return 0; /* too large: abort the transfer */
+    return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct send *s = arg;
+    size_t n = size * nmemb;
+    if (n > 12 && strncasecmp(data, "Retry-After:", 12) == 0) {
+        char v[32];
+        snprintf(v, sizeof(v), "%.*s", (int)(n - 12 < 31 ? n - 12 : 31), data + 12);
+        s->retry_after = retry_after_parse(v);
+    }
+    return n;
+}
+
+static void send_free(struct send *s)
+{
+    if (s->easy)
+        curl_easy_cleanup(s->easy);
+    curl_slist_free_all(s->headers);
+    buf_cleanup(&s->response);
+    free(s);
+}
+
+static void check_done(struct worker *w)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(w->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        struct send *s = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+        CURLcode rc = m->data.result;
+        curl_multi_remove_handle(w->multi, m->easy_handle);
+        w->inflight--;
+        if (rc == CURLE_OK) {
+            long status = 0;
+            curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+            twilio_classify(status, s->response.data, s->response.len, s->retry_after,
+                            &s->o.res);
+        } else {
+            long sent_bytes = 0;
+            curl_easy_getinfo(s->easy, CURLINFO_REQUEST_SIZE, &sent_bytes);
+            bool reached = sent_bytes > 0 && rc != CURLE_COULDNT_CONNECT &&
+                           rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY;
+            transport_classify(reached, curl_easy_strerror(rc), &s->o.res);
+        }
+        if (s->o.res.outcome == SEND_FAILED || s->o.res.outcome == SEND_UNKNOWN)
+            log_warn("delivery %lld: %s (%s %s)", s->o.delivery_id,
+                     send_outcome_status(s->o.res.outcome), s->o.res.code, s->o.res.message);
+        finish(w, &s->o);
+        s->o.body = NULL; /* moved */
+        send_free(s);
+    }
+    if (w->inflight < w->cfg->concurrency)
+        jobs_maybe_read(w);
+}
+
+static void sandbox_send(struct worker *w, struct outcome *o, const char *to, const char *from)
+{
+    unsigned char rnd[8];
+    if (crypto_random(rnd, sizeof(rnd)) != CR_OK)
+        memset(rnd, 0, sizeof(rnd));
+    char hex[17];
+    crypto_hex_encode(rnd, sizeof(rnd), hex);
+    snprintf(o->res.provider_id, sizeof(o->res.provider_id), "SB%016llx%s",
+             ++w->sandbox_seq, hex);
+    if (w->sandbox) {
+        cJSON *line = cJSON_CreateObject();
+        cJSON_AddStringToObject(line, "sid", o->res.provider_id);
+        cJSON_AddNumberToObject(line, "delivery_id", (double)o->delivery_id);
+        cJSON_AddStringToObject(line, "to", to);
+        cJSON_AddStringToObject(line, "from", from);
+        cJSON_AddStringToObject(line, "body", o->body);
+        char *s = cJSON_PrintUnformatted(line);
+        fprintf(w->sandbox, "%s\n", s);
+        free(s);
+        cJSON_Delete(line);
+    }
+    o->res.outcome = SEND_OK;
+    snprintf(o->res.provider_status, sizeof(o->res.provider_status), "sent");
+    finish(w, o);
+}
+
+void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
+{
+    struct outcome o;
+    memset(&o, 0, sizeof(o));
+    o.delivery_id = strtoll(PQgetvalue(res, row, COL_ID), NULL, 10);
+    o.tenant_id = strtoll(PQgetvalue(res, row, COL_TENANT), NULL, 10);
+    o.attempts = atoi(PQgetvalue(res, row, COL_ATTEMPTS));
+    snprintf(o.stream_id, sizeof(o.stream_id), "%s", stream_id);
+    const char *kind = PQgetisnull(res, row, COL_KIND) ? "none" : PQgetvalue(res, row, COL_KIND);
+    o.provider = strcmp(kind, "twilio") == 0 ? "twilio" : strcmp(kind, "sandbox") == 0 ? "sandbox" : "none";
+
+    if (PQgetvalue(res, row, COL_OPT_OUT)[0] == 't') {
+        skip_or_fail(w, &o, SEND_SKIPPED, "opted_out", "opted_out");
+        return;
+    }
+    if (PQgetisnull(res, row, COL_PHONE)) {
+        skip_or_fail(w, &o, SEND_SKIPPED, "no_address", "no_address");
+        return;
+    }
+    char why[192];
+    struct account *a = account_get(w, res, row, why, sizeof(why));
+    if (!a) {
+        skip_or_fail(w, &o, SEND_FAILED, "config", why);
+        return;
+    }
+    struct render_ctx rc = {res, row, NULL, ""};
+    struct buf body;
+    buf_init(&body, SEND_MAX_BODY);
+    char err[160];
+    enum cr_err e = tpl_render(PQgetvalue(res, row, COL_BODY), render_lookup, &rc,
+                               TPL_ESCAPE_NONE, &body, err, sizeof(err));
+    cJSON_Delete(rc.attrs);
+    if (e != CR_OK) {
+        buf_cleanup(&body);
+        skip_or_fail(w, &o, SEND_FAILED, "template", err);
+        return;
+    }
+    o.body = buf_take(&body);
+    const char *to = PQgetvalue(res, row, COL_PHONE);
+
+    if (a->kind == ACCOUNT_SANDBOX) {
+        sandbox_send(w, &o, to, a->from);
+        return;
+    }
+
+    struct send *s = xcalloc(1, sizeof(*s));
+    s->w = w;
+    s->o = o;
+    buf_init(&s->response, SEND_MAX_RESPONSE);
+    struct buf form;
+    buf_init(&form, 16384);
+    char callback[512];
+    snprintf(callback, sizeof(callback), "%s/v1/webhooks/%lld/twilio/status", w->cfg->public_url,
+             o.tenant_id);
+    if (twilio_sms_form(&form, to, a->from, o.body, callback) != CR_OK ||
+        !(s->easy = curl_easy_init())) {
+        buf_cleanup(&form);
+        s->o.body = NULL;
+        skip_or_fail(w, &o, SEND_FAILED, "internal", "cannot build the request");
+        send_free(s);
+        return;
+    }
+    CURL *c = s->easy;
+    curl_easy_setopt(c, CURLOPT_URL, a->url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)form.len);
+    curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, buf_str(&form));
+    buf_cleanup(&form);
+    curl_easy_setopt(c, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+    curl_easy_setopt(c, CURLOPT_USERPWD, a->auth);
+    s->headers = curl_slist_append(NULL, "Accept: application/json");
+    s->headers = curl_slist_append(s->headers, "Expect:");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, s->headers);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "crier/0.1");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, s);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, s);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, w->cfg->send_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, w->cfg->connect_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (curl_multi_add_handle(w->multi, c) != CURLM_OK) {
+        struct outcome o2 = s->o;
+        s->o.body = NULL;
+        send_free(s);
+        skip_or_fail(w, &o2, SEND_RETRY, "internal", "curl refused the transfer");
+        return;
+    }
+    w->inflight++;
+}

@@ -1,0 +1,105 @@
+/* worker.h - crier-worker's config, state and modules.
+ *
+ * Flow (one libevent loop): XREADGROUP a batch of jobs (async hiredis) →
+ * claim the batch in PostgreSQL (one UPDATE … RETURNING; a delivery is
+ * claimed by one worker only) → render and send concurrently (curl multi
+ * on the loop) → buffer outcomes → write them in one statement → XACK. */
+#ifndef CRIER_WORKER_H
+#define CRIER_WORKER_H
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "crypto.h"
+#include "pgarr.h"
+#include "provider.h"
+#include "rq.h"
+
+struct worker_config {
+    char *database_url;
+    char *redis_url;
+    char *key_prefix;
+    char *consumer;
+    char *public_url;
+    char *secret_key;
+    char *twilio_base_url;
+    char *sandbox_log;
+    long concurrency;
+    long batch;
+    long max_connections;
+    long send_timeout_ms;
+    long connect_timeout_ms;
+    long max_attempts;
+    long flush_ms;
+    long shutdown_grace_s;
+    int log_level;
+    int log_format;
+};
+
+/* A provider account's usable form, decrypted once and cached. */
+struct account {
+    long long id;
+    int kind; /* enum account_kind */
+    char from[64];
+    char url[512];  /* full Messages.json URL */
+    char auth[256]; /* "sid:secret" for Basic auth */
+    struct account *next;
+};
+
+enum account_kind { ACCOUNT_SANDBOX = 0, ACCOUNT_TWILIO };
+
+/* One outcome waiting to be written. */
+struct outcome {
+    long long delivery_id;
+    long long tenant_id;
+    int attempts;
+    char stream_id[32];
+    const char *provider; /* static string */
+    char *body;           /* rendered message, owned */
+    struct send_result res;
+};
+
+struct worker {
+    const struct worker_config *cfg;
+    struct event_base *base;
+    PGconn *pg;
+    redisAsyncContext *rd; /* blocking reads only */
+    redisAsyncContext *wr; /* XACK, XADD */
+    bool rd_ready, wr_ready;
+    struct rq_keys keys;
+    char consumer[128];
+    uint8_t secret[CRYPTO_KEY_LEN];
+    bool have_secret;
+    struct account *accounts;
+    FILE *sandbox;
+    unsigned long long sandbox_seq;
+
+    CURLM *multi;
+    struct event *curl_timer;
+    int inflight;   /* sends in curl */
+    bool reading;   /* an XREADGROUP is outstanding */
+    bool stopping;
+    struct event *flush_timer, *tick, *sigterm, *sigint, *grace;
+
+    struct outcome *outcomes; /* pending writes */
+    int noutcomes, outcomes_cap;
+    long long sent_total;
+};
+
+/* jobs.c */
+void jobs_maybe_read(struct worker *w);
+void jobs_add_outcome(struct worker *w, struct outcome *o); /* takes o's body */
+void jobs_flush(struct worker *w);
+void jobs_connect_redis(struct worker *w);
+
+/* send.c */
+bool send_init(struct worker *w);
+void send_cleanup(struct worker *w);
+/* Starts the send for one claimed row (columns of the claim query). */
+void send_start(struct worker *w, PGresult *res, int row, const char *stream_id);
+
+#endif
