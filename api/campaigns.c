@@ -35,7 +35,8 @@ static const char sql_launch[] =
     "   FROM cur WHERE c.id = cur.id AND cur.status IN ('draft', 'scheduled')"
     "   RETURNING c.launched_at)"
     " SELECT cur.status, (SELECT launched_at FROM upd) IS NOT NULL,"
-    "   (SELECT launched_at FROM campaigns WHERE id = cur.id) FROM cur";
+    "   COALESCE((SELECT launched_at FROM upd),"
+    "            (SELECT launched_at FROM campaigns WHERE id = cur.id)) FROM cur";
 
 static const char sql_stats[] =
     "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
