@@ -42,6 +42,10 @@ enum cr_err promote_retries(struct disp *d) CR_MUST_CHECK;
 enum cr_err complete_campaigns(struct disp *d) CR_MUST_CHECK;
 /* XADDs one job per delivery id (pipelined) then marks them queued. */
 enum cr_err enqueue_jobs(struct disp *d, int channel, const char *tenant, const char *campaign,
-                         char **ids, int n) CR_MUST_CHECK;
+                         char **ids, int n, bool mark_queued) CR_MUST_CHECK;
+/* Enqueues born-queued deliveries above their campaign's enqueued_cursor
+ * (a crash between the expansion commit and the XADD). Run at start-up,
+ * before this dispatcher expands anything. */
+enum cr_err repair_unenqueued(struct disp *d) CR_MUST_CHECK;
 
 #endif

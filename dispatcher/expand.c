@@ -3,10 +3,14 @@
  * One statement per page both selects the next customers of the segment
  * (keyset on customers.id), inserts their deliveries (the UNIQUE dedupe key
  * makes a repeat a no-op) and advances the campaign's cursor, atomically.
- * The jobs are then XADDed (pipelined) and the page's deliveries marked
- * 'queued'. A crash after the commit but before the XADD leaves 'pending'
- * rows, which repair_outbox() enqueues again on restart: every delivery gets
- * at least one job, and the worker's claim makes extra jobs harmless.
+ * Deliveries are born 'queued'; their jobs are then XADDed (pipelined), and
+ * the next statement records the page's highest delivery id as the
+ * campaign's enqueued_cursor. A crash after the commit but before the XADD
+ * leaves 'queued' rows above that cursor, which repair_outbox() enqueues
+ * again on restart: every delivery gets at least one job, and the worker's
+ * claim makes extra jobs harmless. (Retries come back as 'pending' rows and
+ * are marked 'queued' after their XADD; 'pending' rows that stay so are
+ * likewise enqueued again.)
  * Memory is bounded by one page, whatever the segment's size. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -20,22 +24,25 @@
 #include "xalloc.h"
 
 static const char sql_running[] =
-    "SELECT id, tenant_id, channel, segment_criteria::text, dispatch_cursor FROM campaigns"
+    "SELECT id, tenant_id, channel, segment_criteria::text, dispatch_cursor, enqueued_cursor"
+    " FROM campaigns"
     " WHERE status = 'running' AND expanded_at IS NULL ORDER BY launched_at, id LIMIT 20";
 
-/* %s is the compiled segment expression; its parameters start at $6. */
+/* %s is the compiled segment expression; its parameters start at $7.
+ * $6 is the highest delivery id whose job was XADDed by the previous page. */
 static const char sql_page_fmt[] =
     "WITH page AS ("
     "  SELECT c.id FROM customers c"
     "  WHERE c.tenant_id = $1 AND c.id > $3::bigint AND (%s)"
     "  ORDER BY c.id LIMIT $4::int"
     "), ins AS ("
-    "  INSERT INTO deliveries (tenant_id, campaign_id, customer_id, channel)"
-    "  SELECT $1, $2, id, $5 FROM page"
+    "  INSERT INTO deliveries (tenant_id, campaign_id, customer_id, channel, status)"
+    "  SELECT $1, $2, id, $5, 'queued' FROM page"
     "  ON CONFLICT ON CONSTRAINT deliveries_dedupe_key DO NOTHING"
     "  RETURNING id"
     "), cur AS ("
-    "  UPDATE campaigns SET dispatch_cursor = (SELECT max(id) FROM page), updated_at = now()"
+    "  UPDATE campaigns SET dispatch_cursor = (SELECT max(id) FROM page),"
+    "    enqueued_cursor = GREATEST(enqueued_cursor, $6::bigint), updated_at = now()"
     "  WHERE tenant_id = $1 AND id = $2 AND status = 'running'"
     "    AND EXISTS (SELECT 1 FROM page)"
     "  RETURNING dispatch_cursor"
@@ -44,8 +51,21 @@ static const char sql_page_fmt[] =
     "  (SELECT string_agg(id::text, ',') FROM ins), (SELECT count(*) FROM cur)";
 
 static const char sql_expanded[] =
-    "UPDATE campaigns SET expanded_at = now(), updated_at = now()"
+    "UPDATE campaigns SET expanded_at = now(), updated_at = now(),"
+    "  enqueued_cursor = GREATEST(enqueued_cursor, $3::bigint)"
     " WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND expanded_at IS NULL";
+
+/* Born-queued deliveries above the outbox marker: their XADD may not have
+ * happened (crash between commit and XADD). */
+static const char sql_unenqueued[] =
+    "SELECT k.tenant_id, k.id, k.channel, string_agg(d.id::text, ',' ORDER BY d.id), max(d.id)"
+    " FROM campaigns k JOIN deliveries d ON d.campaign_id = k.id AND d.tenant_id = k.tenant_id"
+    " WHERE k.status IN ('running', 'paused') AND d.status = 'queued' AND d.id > k.enqueued_cursor"
+    " GROUP BY k.tenant_id, k.id, k.channel";
+
+static const char sql_set_enqueued[] =
+    "UPDATE campaigns SET enqueued_cursor = GREATEST(enqueued_cursor, $3::bigint)"
+    " WHERE tenant_id = $1 AND id = $2";
 
 static const char sql_mark_queued[] =
     "UPDATE deliveries SET status = 'queued', updated_at = now()"
@@ -98,7 +118,7 @@ static int split_ids(char *list, char **ids, int max)
 }
 
 enum cr_err enqueue_jobs(struct disp *d, int channel, const char *tenant, const char *campaign,
-                         char **ids, int n)
+                         char **ids, int n, bool mark_queued)
 {
     if (n == 0)
         return CR_OK;
@@ -118,7 +138,7 @@ enum cr_err enqueue_jobs(struct disp *d, int channel, const char *tenant, const 
         }
         freeReplyObject(rep);
     }
-    if (err)
+    if (err || !mark_queued)
         return err;
 
     struct buf arr;
@@ -137,7 +157,8 @@ enum cr_err enqueue_jobs(struct disp *d, int channel, const char *tenant, const 
 }
 
 static enum cr_err expand_one(struct disp *d, const char *id, const char *tenant,
-                              const char *channel, const char *criteria_text, const char *cursor)
+                              const char *channel, const char *criteria_text, const char *cursor,
+                              const char *enqueued)
 {
     enum cr_err err = CR_OK;
     int ch = channel_index(channel);
@@ -147,22 +168,23 @@ static enum cr_err expand_one(struct disp *d, const char *id, const char *tenant
     char field[64], msg[192];
     char *sql = NULL;
     char **ids = NULL;
-    char cur[24];
+    char cur[24], enq[24];
     snprintf(cur, sizeof(cur), "%s", cursor);
+    snprintf(enq, sizeof(enq), "%s", enqueued);
 
     if (ch < 0 || !criteria) {
         log_error("campaign %s: unusable channel or criteria; skipping", id);
         err = CR_EINVAL;
         goto out;
     }
-    if (seg_compile(criteria, (enum seg_channel)ch, 6, &q, field, sizeof(field), msg,
+    if (seg_compile(criteria, (enum seg_channel)ch, 7, &q, field, sizeof(field), msg,
                     sizeof(msg)) != CR_OK) {
         log_error("campaign %s: segment does not compile (%s: %s)", id, field, msg);
         err = CR_EINVAL;
         goto out;
     }
     sql = xasprintf(sql_page_fmt, buf_str(&q.sql));
-    int nparams = 5 + q.nparams;
+    int nparams = 6 + q.nparams;
     const char **params = xcalloc((size_t)nparams, sizeof(char *));
     char page[24];
     snprintf(page, sizeof(page), "%ld", d->cfg->page_size);
@@ -171,8 +193,9 @@ static enum cr_err expand_one(struct disp *d, const char *id, const char *tenant
     params[2] = cur;
     params[3] = page;
     params[4] = channel;
+    params[5] = enq;
     for (int i = 0; i < q.nparams; i++)
-        params[5 + i] = q.params[i];
+        params[6 + i] = q.params[i];
     ids = xcalloc((size_t)d->cfg->page_size, sizeof(char *));
 
     long total = 0;
@@ -194,14 +217,17 @@ static enum cr_err expand_one(struct disp *d, const char *id, const char *tenant
         char *list = PQgetisnull(res, 0, 2) ? NULL : xstrdup(PQgetvalue(res, 0, 2));
         PQclear(res);
         int k = list ? split_ids(list, ids, (int)d->cfg->page_size) : 0;
-        err = enqueue_jobs(d, ch, tenant, id, ids, k);
+        err = enqueue_jobs(d, ch, tenant, id, ids, k, false);
+        for (int i = 0; !err && i < k; i++)
+            if (strtoll(ids[i], NULL, 10) > strtoll(enq, NULL, 10))
+                snprintf(enq, sizeof(enq), "%s", ids[i]);
         free(list);
         if (err)
             break;
         total += k;
         if (n < d->cfg->page_size) {
-            const char *p2[] = {tenant, id};
-            err = db_exec(d->pg, "mark expanded", sql_expanded, 2, p2, NULL);
+            const char *p2[] = {tenant, id, enq};
+            err = db_exec(d->pg, "mark expanded", sql_expanded, 3, p2, NULL);
             if (!err)
                 log_info("campaign %s: expanded, %ld deliveries created this run", id, total);
             break;
@@ -224,7 +250,7 @@ enum cr_err expand_pending_campaigns(struct disp *d)
         return err;
     for (int i = 0; i < PQntuples(res) && !*d->stop; i++) {
         err = expand_one(d, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
-                         PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
+                         PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5));
         if (err == CR_EREDIS || err == CR_EPG)
             break;
         err = CR_OK; /* a broken campaign must not stop the others */
@@ -254,7 +280,39 @@ enum cr_err repair_outbox(struct disp *d, long min_age_s)
                  n);
         for (int off = 0; off < n && !err; off += 1000) {
             int k = n - off < 1000 ? n - off : 1000;
-            err = enqueue_jobs(d, ch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ids + off, k);
+            err = enqueue_jobs(d, ch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ids + off, k,
+                               true);
+        }
+        free(ids);
+        free(list);
+    }
+    PQclear(res);
+    return err;
+}
+
+enum cr_err repair_unenqueued(struct disp *d)
+{
+    PGresult *res = NULL;
+    enum cr_err err = db_exec(d->pg, "unenqueued", sql_unenqueued, 0, NULL, &res);
+    if (err)
+        return err;
+    for (int i = 0; i < PQntuples(res) && !err; i++) {
+        const char *tenant = PQgetvalue(res, i, 0), *campaign = PQgetvalue(res, i, 1);
+        int ch = channel_index(PQgetvalue(res, i, 2));
+        char *list = xstrdup(PQgetvalue(res, i, 3));
+        int max = 1;
+        for (char *p = list; *p; p++)
+            max += *p == ',';
+        char **ids = xcalloc((size_t)max, sizeof(char *));
+        int n = split_ids(list, ids, max);
+        log_info("campaign %s: enqueueing %d deliveries whose job may be missing", campaign, n);
+        for (int off = 0; off < n && !err; off += 1000) {
+            int k = n - off < 1000 ? n - off : 1000;
+            err = enqueue_jobs(d, ch, tenant, campaign, ids + off, k, false);
+        }
+        if (!err) {
+            const char *p[] = {tenant, campaign, PQgetvalue(res, i, 4)};
+            err = db_exec(d->pg, "set enqueued", sql_set_enqueued, 3, p, NULL);
         }
         free(ids);
         free(list);
@@ -287,7 +345,7 @@ enum cr_err promote_retries(struct disp *d)
     for (int i = 0; i < PQntuples(res) && !err; i++) {
         char *id = PQgetvalue(res, i, 3);
         err = enqueue_jobs(d, channel_index(PQgetvalue(res, i, 2)), PQgetvalue(res, i, 0),
-                           PQgetvalue(res, i, 1), &id, 1);
+                           PQgetvalue(res, i, 1), &id, 1, true);
     }
     if (PQntuples(res) > 0)
         log_info("re-enqueued %d due retries", PQntuples(res));

@@ -162,6 +162,8 @@ int main(int argc, char **argv)
             /* After a restart, anything left pending by the previous run
              * gets its job now. */
             e = repair_outbox(&d, 0);
+            if (!e)
+                e = repair_unenqueued(&d);
             repaired = e == CR_OK;
         }
         if (!e)

@@ -66,7 +66,7 @@ CREATE TABLE customers (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tenant_id, external_id),
     UNIQUE (tenant_id, id)
-);
+) WITH (fillfactor = 85); -- room for HOT updates of last_contact_at (no indexed column)
 CREATE INDEX customers_phone ON customers (tenant_id, phone) WHERE phone IS NOT NULL;
 CREATE INDEX customers_email ON customers (tenant_id, lower(email)) WHERE email IS NOT NULL;
 CREATE INDEX customers_tags ON customers USING gin (tags);
@@ -142,6 +142,9 @@ CREATE TABLE campaigns (
     cancelled_at        timestamptz,
     -- keyset cursor of the segment expansion: last customer id expanded
     dispatch_cursor     bigint NOT NULL DEFAULT 0,
+    -- outbox marker: every delivery of this campaign with an id at or below
+    -- it has had its job XADDed (ids of one campaign's expansion only grow)
+    enqueued_cursor     bigint NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tenant_id, id),

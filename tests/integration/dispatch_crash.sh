@@ -79,4 +79,15 @@ t_wait_until 20 "orphaned pending rows re-enqueued" bash -c \
   "[ \"\$(psql -X -At '$CRIER_DATABASE_URL' -c \"SELECT count(*) FROM deliveries WHERE campaign_id = $CID AND status = 'pending'\")\" = 0 ]"
 after=$(t_redis XLEN crier:jobs:sms)
 assert_eq "$((after - before))" 50 "exactly the 50 orphans got new jobs"
+
+# Born-queued rows committed by an expansion page whose XADD never ran sit
+# above the campaign's enqueued_cursor: a restart enqueues exactly those.
+t_stop dispatcher
+t_psql "UPDATE campaigns SET enqueued_cursor = (SELECT max(id) - 30 FROM deliveries WHERE campaign_id = $CID) WHERE id = $CID" >/dev/null
+before=$(t_redis XLEN crier:jobs:sms)
+t_start_dispatcher
+t_wait_until 20 "unenqueued rows enqueued" bash -c \
+  "[ \"\$(psql -X -At '$CRIER_DATABASE_URL' -c \"SELECT enqueued_cursor = (SELECT max(id) FROM deliveries WHERE campaign_id = $CID) FROM campaigns WHERE id = $CID\")\" = t ]"
+after=$(t_redis XLEN crier:jobs:sms)
+assert_eq "$((after - before))" 30 "exactly the 30 rows above the outbox marker got jobs"
 echo "dispatch_crash ok ($kills kills)"
