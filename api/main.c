@@ -115,7 +115,8 @@ int main(int argc, char **argv)
     app.base = event_base_new();
     rq_keys_init(&app.keys, cfg.key_prefix);
     app.auth = auth_cache_new();
-    app.pg = pgpool_new(app.base, cfg.database_url, (int)cfg.pg_pool_size, (int)cfg.pg_timeout_ms);
+    app.pg = pgpool_new(app.base, cfg.database_url, "crier-api", (int)cfg.pg_pool_size,
+                        (int)cfg.pg_timeout_ms);
     redis_link_start(&app);
 
     app.http = evhttp_new(app.base);

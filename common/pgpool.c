@@ -36,6 +36,7 @@ struct pgc {
 struct pgpool {
     struct event_base *base;
     char *url;
+    char *app_name;
     char options[64];
     int size;
     int timeout_ms;
@@ -120,7 +121,7 @@ static void pgc_connect(struct pgc *c)
 {
     struct pgpool *p = c->pool;
     const char *keys[] = {"dbname", "application_name", "options", "connect_timeout", NULL};
-    const char *vals[] = {p->url, "crier-api", p->options, "5", NULL};
+    const char *vals[] = {p->url, p->app_name, p->options, "5", NULL};
     c->conn = PQconnectStartParams(keys, vals, 1);
     if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
         pgc_drop(c, "cannot start a PostgreSQL connection");
@@ -312,13 +313,15 @@ static void pool_tick_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-struct pgpool *pgpool_new(struct event_base *base, const char *url, int size, int timeout_ms)
+struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *app_name, int size,
+                          int timeout_ms)
 {
     if (!base || !url || size <= 0 || timeout_ms <= 0)
         return NULL;
     struct pgpool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->url = xstrdup(url);
+    p->app_name = xstrdup(app_name);
     p->size = size;
     p->timeout_ms = timeout_ms;
     snprintf(p->options, sizeof(p->options), "-c statement_timeout=%d", timeout_ms);
@@ -389,5 +392,6 @@ void pgpool_free(struct pgpool *p)
     event_free(p->tick);
     free(p->conns);
     free(p->url);
+    free(p->app_name);
     free(p);
 }

@@ -22,7 +22,8 @@ struct pgpool;
 typedef void (*pgpool_cb)(void *arg, PGresult *res, const char *errmsg, const char *sqlstate);
 
 /* Starts connecting size connections. Returns NULL only on bad arguments. */
-struct pgpool *pgpool_new(struct event_base *base, const char *url, int size, int timeout_ms);
+struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *app_name, int size,
+                          int timeout_ms);
 void pgpool_free(struct pgpool *p);
 
 /* Queues one parameterised statement (text params, NULL = SQL NULL). */

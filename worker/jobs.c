@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "db.h"
 #include "log.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -175,90 +174,130 @@ static const char *field_value(redisReply *fields, const char *name)
     return NULL;
 }
 
+/* A batch of stream entries on its way through the claim. */
+struct claim {
+    struct worker *w;
+    int n;
+    struct entry *e;
+    struct pgarr ids, tenants;
+};
+
+static void claim_free(struct claim *c)
+{
+    c->w->claiming -= c->n;
+    pgarr_cleanup(&c->ids);
+    pgarr_cleanup(&c->tenants);
+    free(c->e);
+    free(c);
+}
+
+static void claim_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
+{
+    struct claim *c = arg;
+    struct worker *w = c->w;
+    (void)sqlstate;
+    if (!res) {
+        /* Leave the entries pending: the reclaim hands them out again. */
+        log_warn("claim of %d jobs failed (%s); they stay pending for a later reclaim", c->n,
+                 errmsg);
+        claim_free(c);
+        return;
+    }
+    for (int r = 0; r < PQntuples(res); r++) {
+        long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+        for (int i = 0; i < c->n; i++) {
+            if (c->e[i].delivery_id == id && !c->e[i].claimed) {
+                c->e[i].claimed = true;
+                send_start(w, res, r, c->e[i].stream_id);
+                break;
+            }
+        }
+    }
+    /* Not claimed: already handled by another worker, or a duplicate job. */
+    char **unclaimed = xcalloc((size_t)c->n, sizeof(char *));
+    int nu = 0;
+    for (int i = 0; i < c->n; i++)
+        if (!c->e[i].claimed && c->e[i].stream_id[0])
+            unclaimed[nu++] = c->e[i].stream_id;
+    ack_ids(w, unclaimed, nu);
+    free(unclaimed);
+    claim_free(c);
+    jobs_maybe_read(w);
+}
+
+static void start_claim(struct claim *c)
+{
+    const char *p[] = {pgarr_str(&c->ids), pgarr_str(&c->tenants), c->w->consumer};
+    pgpool_query(c->w->pool, sql_claim, 3, p, claim_done, c);
+}
+
+static void orphans_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
+{
+    struct claim *c = arg;
+    (void)sqlstate;
+    if (!res) {
+        log_warn("orphan check failed (%s); the jobs stay pending", errmsg);
+        claim_free(c);
+        return;
+    }
+    if (atoi(PQcmdTuples(res)) > 0)
+        log_warn("%s deliveries orphaned by a dead worker marked unknown", PQcmdTuples(res));
+    start_claim(c);
+}
+
 /* Claims the entries and starts their sends; acks what is not ours. */
 static void process_entries(struct worker *w, redisReply *entries, bool reclaimed)
 {
     int n = (int)entries->elements;
     if (n == 0)
         return;
-    struct entry *e = xcalloc((size_t)n, sizeof(*e));
-    struct pgarr ids, tenants;
-    pgarr_init(&ids, (size_t)n * 24 + 8);
-    pgarr_init(&tenants, (size_t)n * 24 + 8);
+    struct claim *c = xcalloc(1, sizeof(*c));
+    c->w = w;
+    c->n = n;
+    c->e = xcalloc((size_t)n, sizeof(*c->e));
+    pgarr_init(&c->ids, (size_t)n * 24 + 8);
+    pgarr_init(&c->tenants, (size_t)n * 24 + 8);
+    w->claiming += n;
     int valid = 0;
+    char **bad = xcalloc((size_t)n, sizeof(char *));
+    int nbad = 0;
     for (int i = 0; i < n; i++) {
         redisReply *en = entries->element[i];
+        struct entry *e = &c->e[i];
         if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 ||
             en->element[0]->type != REDIS_REPLY_STRING)
             continue;
-        snprintf(e[i].stream_id, sizeof(e[i].stream_id), "%s", en->element[0]->str);
+        snprintf(e->stream_id, sizeof(e->stream_id), "%s", en->element[0]->str);
         const char *d = en->element[1]->type == REDIS_REPLY_ARRAY
                             ? field_value(en->element[1], "d")
                             : NULL;
         const char *t = d ? field_value(en->element[1], "t") : NULL;
         if (!d || !t) {
-            log_warn("job %s has no delivery/tenant; dropping it", e[i].stream_id);
+            log_warn("job %s has no delivery/tenant; dropping it", e->stream_id);
+            bad[nbad++] = e->stream_id;
+            e->stream_id[0] = '\0';
             continue;
         }
-        e[i].delivery_id = strtoll(d, NULL, 10);
-        e[i].tenant_id = strtoll(t, NULL, 10);
-        if (pgarr_add_int(&ids, e[i].delivery_id) == CR_OK &&
-            pgarr_add_int(&tenants, e[i].tenant_id) == CR_OK)
+        e->delivery_id = strtoll(d, NULL, 10);
+        e->tenant_id = strtoll(t, NULL, 10);
+        if (pgarr_add_int(&c->ids, e->delivery_id) == CR_OK &&
+            pgarr_add_int(&c->tenants, e->tenant_id) == CR_OK)
             valid++;
     }
-
-    PGresult *res = NULL;
-    bool db_ok = true;
-    if (valid > 0) {
-        if (db_ensure(w->pg) != CR_OK) {
-            db_ok = false;
-        } else if (reclaimed) {
-            char age[16];
-            snprintf(age, sizeof(age), "%d", ORPHAN_AGE_S);
-            const char *p[] = {pgarr_str(&ids), pgarr_str(&tenants), age};
-            PGresult *o = NULL;
-            if (db_exec(w->pg, "orphans", sql_orphans, 3, p, &o) == CR_OK) {
-                if (atoi(PQcmdTuples(o)) > 0)
-                    log_warn("%s deliveries orphaned by a dead worker marked unknown",
-                             PQcmdTuples(o));
-                PQclear(o);
-            } else {
-                db_ok = false;
-            }
-        }
-        if (db_ok) {
-            const char *p[] = {pgarr_str(&ids), pgarr_str(&tenants), w->consumer};
-            db_ok = db_exec(w->pg, "claim", sql_claim, 3, p, &res) == CR_OK;
-        }
+    ack_ids(w, bad, nbad);
+    free(bad);
+    if (valid == 0) {
+        claim_free(c);
+        return;
     }
-    if (!db_ok) {
-        /* Leave the entries pending: the reclaim hands them out again. */
-        log_warn("claim failed; %d jobs stay pending for a later reclaim", n);
-        goto out;
+    if (reclaimed) {
+        char age[16];
+        snprintf(age, sizeof(age), "%d", ORPHAN_AGE_S);
+        const char *p[] = {pgarr_str(&c->ids), pgarr_str(&c->tenants), age};
+        pgpool_query(w->pool, sql_orphans, 3, p, orphans_done, c);
+    } else {
+        start_claim(c);
     }
-    for (int r = 0; res && r < PQntuples(res); r++) {
-        long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-        for (int i = 0; i < n; i++) {
-            if (e[i].delivery_id == id && !e[i].claimed) {
-                e[i].claimed = true;
-                send_start(w, res, r, e[i].stream_id);
-                break;
-            }
-        }
-    }
-    /* Not claimed: already handled by another worker or a duplicate job. */
-    char **unclaimed = xcalloc((size_t)n, sizeof(char *));
-    int nu = 0;
-    for (int i = 0; i < n; i++)
-        if (!e[i].claimed && e[i].stream_id[0])
-            unclaimed[nu++] = e[i].stream_id;
-    ack_ids(w, unclaimed, nu);
-    free(unclaimed);
-out:
-    PQclear(res);
-    pgarr_cleanup(&ids);
-    pgarr_cleanup(&tenants);
-    free(e);
 }
 
 static void on_read(redisAsyncContext *ac, void *reply, void *priv)
@@ -298,6 +337,8 @@ static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
 
 void jobs_reclaim(struct worker *w)
 {
+    if (w->claiming > w->cfg->concurrency)
+        return;
     if (!w->wr || !w->wr_ready || w->stopping)
         return;
     redisAsyncCommand(w->wr, on_reclaim, w, "XAUTOCLAIM %s workers %s %d 0-0 COUNT %ld",
@@ -308,8 +349,11 @@ void jobs_maybe_read(struct worker *w)
 {
     if (w->reading || w->stopping || !w->rd || !w->rd_ready)
         return;
-    long room = w->cfg->concurrency - w->inflight - w->noutcomes;
-    if (room < w->cfg->batch / 4 + 1)
+    /* Sends in flight are bounded by the concurrency; outcomes not yet
+     * written by a separate backlog bound, so a slow database slows the
+     * reading instead of growing memory. */
+    long room = w->cfg->concurrency - w->inflight - w->claiming;
+    if (room < w->cfg->batch / 4 + 1 || w->noutcomes + w->writing >= 4 * w->cfg->batch)
         return;
     long count = room < w->cfg->batch ? room : w->cfg->batch;
     w->reading = true;
@@ -359,6 +403,49 @@ static long backoff_s(int attempts, long retry_after)
     return b > retry_after ? b : retry_after;
 }
 
+/* A batch of outcomes being written. */
+struct write {
+    struct worker *w;
+    int n;
+    struct outcome *o;
+};
+
+static void write_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
+{
+    struct write *wr = arg;
+    struct worker *w = wr->w;
+    (void)sqlstate;
+    w->writing -= wr->n;
+    if (!res) {
+        /* Keep them: the next flush tries again. Their jobs stay unacked. */
+        log_warn("writing %d outcomes failed (%s); will retry", wr->n, errmsg);
+        for (int i = 0; i < wr->n; i++) {
+            if (w->noutcomes == w->outcomes_cap) {
+                w->outcomes_cap = w->outcomes_cap ? w->outcomes_cap * 2 : 256;
+                w->outcomes =
+                    xrealloc(w->outcomes, (size_t)w->outcomes_cap * sizeof(*w->outcomes));
+            }
+            w->outcomes[w->noutcomes++] = wr->o[i];
+        }
+        free(wr->o);
+        free(wr);
+        return;
+    }
+    char **ids = xcalloc((size_t)wr->n, sizeof(char *));
+    for (int i = 0; i < wr->n; i++) {
+        ids[i] = wr->o[i].stream_id;
+        if (wr->o[i].res.outcome == SEND_OK)
+            w->sent_total++;
+    }
+    ack_ids(w, ids, wr->n);
+    free(ids);
+    for (int i = 0; i < wr->n; i++)
+        free(wr->o[i].body);
+    free(wr->o);
+    free(wr);
+    jobs_maybe_read(w);
+}
+
 void jobs_flush(struct worker *w)
 {
     if (w->noutcomes == 0)
@@ -391,29 +478,28 @@ void jobs_flush(struct worker *w)
         if (!e)
             e = pgarr_add_text(&a[8], o->provider);
     }
-    bool ok = false;
-    if (!e && db_ensure(w->pg) == CR_OK) {
+    if (e) {
+        log_error("outcome batch of %d exceeds its size limit; will retry", n);
+    } else {
+        struct write *wr = xcalloc(1, sizeof(*wr));
+        wr->w = w;
+        wr->n = n;
+        wr->o = xmalloc((size_t)n * sizeof(*wr->o));
+        memcpy(wr->o, w->outcomes, (size_t)n * sizeof(*wr->o));
+        w->noutcomes = 0;
+        w->writing += n;
         const char *p[10];
         for (int i = 0; i < 9; i++)
             p[i] = pgarr_str(&a[i]);
         p[9] = w->consumer;
-        ok = db_exec(w->pg, "write outcomes", sql_outcomes, 10, p, NULL) == CR_OK;
+        pgpool_query(w->pool, sql_outcomes, 10, p, write_done, wr);
     }
     for (int i = 0; i < 9; i++)
         pgarr_cleanup(&a[i]);
-    if (!ok) {
-        log_warn("writing %d outcomes failed; will retry", n);
-        return;
-    }
-    char **ids = xcalloc((size_t)n, sizeof(char *));
-    for (int i = 0; i < n; i++) {
-        ids[i] = w->outcomes[i].stream_id;
-        if (w->outcomes[i].res.outcome == SEND_OK)
-            w->sent_total++;
-    }
-    ack_ids(w, ids, n);
-    free(ids);
-    for (int i = 0; i < n; i++)
-        free(w->outcomes[i].body);
-    w->noutcomes = 0;
+}
+
+bool jobs_idle(const struct worker *w)
+{
+    return w->inflight == 0 && !w->reading && w->claiming == 0 && w->noutcomes == 0 &&
+           w->writing == 0;
 }

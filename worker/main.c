@@ -6,11 +6,8 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "db.h"
 #include "log.h"
 #include "worker.h"
-
-void jobs_reclaim(struct worker *w);
 
 static const struct cfg_row worker_rows[] = {
     {"CRIER_DATABASE_URL", CFG_STRING, offsetof(struct worker_config, database_url),
@@ -30,9 +27,11 @@ static const struct cfg_row worker_rows[] = {
      "https://api.twilio.com", 0, 0, NULL, 0, 0, "Twilio REST base URL (tests: a local fake)"},
     {"CRIER_SANDBOX_LOG", CFG_STRING, offsetof(struct worker_config, sandbox_log), "", 0, 0, NULL,
      0, 0, "file the sandbox provider appends each message to (empty: none)"},
-    {"CRIER_WORKER_CONCURRENCY", CFG_INT, offsetof(struct worker_config, concurrency), "256", 1,
+    {"CRIER_WORKER_PG_POOL", CFG_INT, offsetof(struct worker_config, pg_pool_size), "4", 1, 64,
+     NULL, 0, 0, "PostgreSQL connections (claims and outcome writes run on them concurrently)"},
+    {"CRIER_WORKER_CONCURRENCY", CFG_INT, offsetof(struct worker_config, concurrency), "512", 1,
      10000, NULL, 0, 0, "sends in flight at most"},
-    {"CRIER_WORKER_BATCH", CFG_INT, offsetof(struct worker_config, batch), "200", 1, 5000, NULL, 0,
+    {"CRIER_WORKER_BATCH", CFG_INT, offsetof(struct worker_config, batch), "256", 1, 5000, NULL, 0,
      0, "jobs claimed / outcomes written per statement"},
     {"CRIER_WORKER_CONNECTIONS", CFG_INT, offsetof(struct worker_config, max_connections), "64", 1,
      4096, NULL, 0, 0, "HTTP connections per provider host"},
@@ -52,7 +51,7 @@ static const struct cfg_row worker_rows[] = {
 
 static void maybe_exit(struct worker *w)
 {
-    if (w->stopping && w->inflight == 0 && !w->reading && w->noutcomes == 0)
+    if (w->stopping && jobs_idle(w))
         event_base_loopexit(w->base, NULL);
 }
 
@@ -140,13 +139,7 @@ int main(int argc, char **argv)
         log_error("cannot initialise the HTTP client");
         return 1;
     }
-    for (int backoff = 100;; backoff = backoff < 2000 ? backoff * 2 : 2000) {
-        w.pg = db_connect(cfg.database_url, "crier-worker", err, sizeof(err));
-        if (w.pg)
-            break;
-        log_warn("PostgreSQL: %s", err);
-        usleep((useconds_t)backoff * 1000);
-    }
+    w.pool = pgpool_new(w.base, cfg.database_url, "crier-worker", (int)cfg.pg_pool_size, 30000);
     jobs_connect_redis(&w);
 
     struct timeval flush_tv = {cfg.flush_ms / 1000, (cfg.flush_ms % 1000) * 1000};
@@ -170,7 +163,7 @@ int main(int argc, char **argv)
     if (w.wr)
         redisAsyncFree(w.wr);
     send_cleanup(&w);
-    PQfinish(w.pg);
+    pgpool_free(w.pool);
     event_free(w.flush_timer);
     event_free(w.tick);
     event_free(w.grace);

@@ -1,9 +1,11 @@
 /* worker.h - crier-worker's config, state and modules.
  *
- * Flow (one libevent loop): XREADGROUP a batch of jobs (async hiredis) →
- * claim the batch in PostgreSQL (one UPDATE … RETURNING; a delivery is
- * claimed by one worker only) → render and send concurrently (curl multi
- * on the loop) → buffer outcomes → write them in one statement → XACK. */
+ * Flow (one libevent loop, nothing blocks it): XREADGROUP a batch of jobs
+ * (async hiredis) → claim the batch in PostgreSQL (one UPDATE … RETURNING
+ * through the async pool; a delivery is claimed by one worker only) →
+ * render and send concurrently (curl multi on the loop) → buffer outcomes →
+ * write them in one statement → XACK. Claims, sends and writes of different
+ * batches overlap. */
 #ifndef CRIER_WORKER_H
 #define CRIER_WORKER_H
 
@@ -11,6 +13,8 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <libpq-fe.h>
+
+#include "pgpool.h"
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -28,6 +32,7 @@ struct worker_config {
     char *secret_key;
     char *twilio_base_url;
     char *sandbox_log;
+    long pg_pool_size;
     long concurrency;
     long batch;
     long max_connections;
@@ -66,7 +71,7 @@ struct outcome {
 struct worker {
     const struct worker_config *cfg;
     struct event_base *base;
-    PGconn *pg;
+    struct pgpool *pool;
     redisAsyncContext *rd; /* blocking reads only */
     redisAsyncContext *wr; /* XACK, XADD */
     bool rd_ready, wr_ready;
@@ -81,6 +86,8 @@ struct worker {
     CURLM *multi;
     struct event *curl_timer;
     int inflight;   /* sends in curl */
+    int claiming;   /* jobs whose claim statement is running */
+    int writing;    /* outcomes whose write statement is running */
     bool reading;   /* an XREADGROUP is outstanding */
     bool stopping;
     struct event *flush_timer, *tick, *sigterm, *sigint, *grace;
@@ -95,6 +102,9 @@ void jobs_maybe_read(struct worker *w);
 void jobs_add_outcome(struct worker *w, struct outcome *o); /* takes o's body */
 void jobs_flush(struct worker *w);
 void jobs_connect_redis(struct worker *w);
+void jobs_reclaim(struct worker *w);
+/* Work not yet finished: reads, claims, sends, unwritten outcomes. */
+bool jobs_idle(const struct worker *w);
 
 /* send.c */
 bool send_init(struct worker *w);
