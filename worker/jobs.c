@@ -353,7 +353,8 @@ void jobs_maybe_read(struct worker *w)
      * written by a separate backlog bound, so a slow database slows the
      * reading instead of growing memory. */
     long room = w->cfg->concurrency - w->inflight - w->claiming;
-    if (room < w->cfg->batch / 4 + 1 || w->noutcomes + w->writing >= 4 * w->cfg->batch)
+    long step = w->cfg->batch < w->cfg->concurrency ? w->cfg->batch : w->cfg->concurrency;
+    if (room < step / 4 + 1 || w->noutcomes + w->writing >= 4 * w->cfg->batch)
         return;
     long count = room < w->cfg->batch ? room : w->cfg->batch;
     w->reading = true;
