@@ -28,9 +28,8 @@ struct auth_cache {
     struct auth_entry slot[AUTH_CACHE_SLOTS];
 };
 
-static const char sql_key_lookup[] =
-    "SELECT tenant_id, encode(key_hash, 'hex') FROM api_keys "
-    "WHERE key_id = $1 AND revoked_at IS NULL";
+static const char sql_key_lookup[] = "SELECT tenant_id, encode(key_hash, 'hex') FROM api_keys "
+                                     "WHERE key_id = $1 AND revoked_at IS NULL";
 
 struct auth_state {
     char key_id[APIKEY_ID_LEN + 1];

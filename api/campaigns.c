@@ -13,8 +13,8 @@
 #include "xalloc.h"
 
 #define CAMPAIGN_JSON_COLUMNS                                                                      \
-    "id, name, type, channel, status, segment_criteria AS segment, message,"                      \
-    " provider_account_id, rate_per_minute, scheduled_at, launched_at, expanded_at,"              \
+    "id, name, type, channel, status, segment_criteria AS segment, message,"                       \
+    " provider_account_id, rate_per_minute, scheduled_at, launched_at, expanded_at,"               \
     " completed_at, cancelled_at, created_at, updated_at"
 
 static const char sql_insert[] =
@@ -38,12 +38,11 @@ static const char sql_launch[] =
     "   COALESCE((SELECT launched_at FROM upd),"
     "            (SELECT launched_at FROM campaigns WHERE id = cur.id)) FROM cur";
 
-static const char sql_stats[] =
-    "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
-    " (SELECT COALESCE(json_object_agg(s.status, s.n), '{}') FROM"
-    "   (SELECT status, count(*) AS n FROM deliveries"
-    "    WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status) s)"
-    " FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2";
+static const char sql_stats[] = "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
+                                " (SELECT COALESCE(json_object_agg(s.status, s.n), '{}') FROM"
+                                "   (SELECT status, count(*) AS n FROM deliveries"
+                                "    WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status) s)"
+                                " FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2";
 
 /* ---------------------------------------------------------------------
  * Validation
@@ -51,8 +50,8 @@ static const char sql_stats[] =
 
 static bool allowed_variable(const char *name, size_t n)
 {
-    static const char *const vars[] = {"first_name", "last_name", "email", "phone",
-                                       "external_id", NULL};
+    static const char *const vars[] = {"first_name", "last_name",   "email",
+                                       "phone",      "external_id", NULL};
     for (int i = 0; vars[i]; i++)
         if (strlen(vars[i]) == n && strncmp(vars[i], name, n) == 0)
             return true;
@@ -84,10 +83,9 @@ static int cfail(struct cerr *e, int status, const char *field, const char *msg)
 
 static int validate_create(const cJSON *in, struct cerr *e)
 {
-    static const char *const keys[] = {"name",    "type",
-                                       "channel", "message",
-                                       "segment", "provider_account_id",
-                                       "rate_per_minute", NULL};
+    static const char *const keys[] = {
+        "name", "type", "channel", "message", "segment", "provider_account_id", "rate_per_minute",
+        NULL};
     for (const cJSON *it = in->child; it; it = it->next) {
         bool known = false;
         for (int i = 0; keys[i]; i++)
@@ -104,7 +102,7 @@ static int validate_create(const cJSON *in, struct cerr *e)
         return cfail(e, 422, "name", "name is required: a string of 1..200 characters");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(in, "type");
     if (type && (!cJSON_IsString(type) || (strcmp(type->valuestring, "research") != 0 &&
-                                            strcmp(type->valuestring, "outbound_sales") != 0)))
+                                           strcmp(type->valuestring, "outbound_sales") != 0)))
         return cfail(e, 422, "type", "type must be research or outbound_sales");
     const cJSON *channel = cJSON_GetObjectItemCaseSensitive(in, "channel");
     enum seg_channel ch;
@@ -147,9 +145,11 @@ static int validate_create(const cJSON *in, struct cerr *e)
         }
     }
     const cJSON *pa = cJSON_GetObjectItemCaseSensitive(in, "provider_account_id");
-    if (pa && !cJSON_IsNull(pa) && (!cJSON_IsNumber(pa) || pa->valuedouble < 1 ||
-                                    pa->valuedouble != (double)(long long)pa->valuedouble))
-        return cfail(e, 422, "provider_account_id", "provider_account_id must be a positive integer");
+    if (pa && !cJSON_IsNull(pa) &&
+        (!cJSON_IsNumber(pa) || pa->valuedouble < 1 ||
+         pa->valuedouble != (double)(long long)pa->valuedouble))
+        return cfail(e, 422, "provider_account_id",
+                     "provider_account_id must be a positive integer");
     const cJSON *rate = cJSON_GetObjectItemCaseSensitive(in, "rate_per_minute");
     if (rate && !cJSON_IsNull(rate) &&
         (!cJSON_IsNumber(rate) || rate->valuedouble < 1 || rate->valuedouble > 1e7 ||

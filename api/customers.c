@@ -172,10 +172,21 @@ static int take_string(const cJSON *item, const char *name, size_t maxlen, struc
     return 0;
 }
 
-static const char *const customer_keys[] = {
-    "external_id", "first_name", "last_name",     "phone",         "email",
-    "timezone",    "locale",     "tags",          "attributes",    "sms_opt_out",
-    "email_opt_out", "voice_opt_out", "last_contact_at", "last_appointment_at", NULL};
+static const char *const customer_keys[] = {"external_id",
+                                            "first_name",
+                                            "last_name",
+                                            "phone",
+                                            "email",
+                                            "timezone",
+                                            "locale",
+                                            "tags",
+                                            "attributes",
+                                            "sms_opt_out",
+                                            "email_opt_out",
+                                            "voice_opt_out",
+                                            "last_contact_at",
+                                            "last_appointment_at",
+                                            NULL};
 
 /* Validates one customer object and returns a normalised copy (caller
  * deletes), or NULL with e filled. */
@@ -210,8 +221,7 @@ static cJSON *customer_normalize(const cJSON *in, struct verr *e)
 
     static const char *const plain[] = {"first_name", "last_name", "locale"};
     for (size_t i = 0; i < 3; i++) {
-        if (take_string(cJSON_GetObjectItemCaseSensitive(in, plain[i]), plain[i], 100, e, &s) !=
-            0)
+        if (take_string(cJSON_GetObjectItemCaseSensitive(in, plain[i]), plain[i], 100, e, &s) != 0)
             goto bad;
         if (s)
             cJSON_AddStringToObject(out, plain[i], s);
@@ -501,8 +511,7 @@ static void import_continue(struct api_req *r)
         if (st->batch_n == 0)
             st->batch_first_line = st->line;
         cJSON_AddItemToArray(st->batch, norm);
-        st->ids[st->batch_n++] =
-            cJSON_GetObjectItemCaseSensitive(norm, "external_id")->valuestring;
+        st->ids[st->batch_n++] = cJSON_GetObjectItemCaseSensitive(norm, "external_id")->valuestring;
         if (st->batch_n == API_IMPORT_BATCH) {
             import_flush(r);
             return;
@@ -517,8 +526,7 @@ static void import_continue(struct api_req *r)
 
 void customers_import(struct api_req *r)
 {
-    const char *ct =
-        evhttp_find_header(evhttp_request_get_input_headers(r->req), "Content-Type");
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(r->req), "Content-Type");
     if (ct && strncmp(ct, "application/x-ndjson", 20) != 0 &&
         strncmp(ct, "application/json", 16) != 0 && strncmp(ct, "text/plain", 10) != 0) {
         http_reply_error(r, 415, "unsupported_media_type",

@@ -22,7 +22,9 @@ static void send_and_free(struct api_req *r, int status, const char *body, size_
     gettimeofday(&now, NULL);
     timersub(&now, &r->started, &d);
     log_debug("%s %s -> %d (%ld us)",
-              r->method == EVHTTP_REQ_GET ? "GET" : r->method == EVHTTP_REQ_POST ? "POST" : "REQ",
+              r->method == EVHTTP_REQ_GET    ? "GET"
+              : r->method == EVHTTP_REQ_POST ? "POST"
+                                             : "REQ",
               r->path, status, (long)(d.tv_sec * 1000000 + d.tv_usec));
     http_request_free(r);
 }

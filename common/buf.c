@@ -39,7 +39,7 @@ static enum cr_err buf_reserve(struct buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need)
         cap *= 2;
-    if (cap > b->max + 1)
+    if (cap - 1 > b->max) /* not cap > max + 1: max may be SIZE_MAX */
         cap = b->max + 1;
     b->data = xrealloc(b->data, cap);
     b->cap = cap;

@@ -146,7 +146,9 @@ enum cr_err cfg_parse_redis_url(const char *url, char *host, size_t hostsz, int 
         }
         p = at + 1;
     }
-    size_t hlen = strcspn(p, ":/");
+    /* Host names and IPv4 addresses only; anything else ('?', '#', '@', space)
+     * is malformed, not part of the host. */
+    size_t hlen = strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_");
     if (hlen == 0 || hlen >= hostsz)
         return CR_EINVAL;
     memcpy(host, p, hlen);

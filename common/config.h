@@ -20,7 +20,7 @@ enum cfg_type {
 };
 
 struct cfg_row {
-    const char *env;     /* environment variable name */
+    const char *env; /* environment variable name */
     enum cfg_type type;
     size_t offset;       /* offsetof(struct X_config, field) */
     const char *deflt;   /* default as text; NULL = none */
@@ -33,8 +33,16 @@ struct cfg_row {
 
 /* The rows every binary shares (log level/format). */
 #define CFG_COMMON_ROWS(type)                                                                      \
-    {"CRIER_LOG_LEVEL", CFG_ENUM, offsetof(type, log_level), "info", 0, 0,                        \
-     "error|warn|info|debug", 0, 0, "log verbosity"},                                              \
+    {"CRIER_LOG_LEVEL",                                                                            \
+     CFG_ENUM,                                                                                     \
+     offsetof(type, log_level),                                                                    \
+     "info",                                                                                       \
+     0,                                                                                            \
+     0,                                                                                            \
+     "error|warn|info|debug",                                                                      \
+     0,                                                                                            \
+     0,                                                                                            \
+     "log verbosity"},                                                                             \
     {                                                                                              \
         "CRIER_LOG_FORMAT", CFG_ENUM, offsetof(type, log_format), "text", 0, 0, "text|json", 0, 0, \
             "log line format"                                                                      \

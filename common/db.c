@@ -27,8 +27,8 @@ PGconn *db_connect(const char *url, const char *app, char *err, size_t errsz)
 }
 
 enum cr_err db_exec_state(PGconn *conn, const char *label, const char *sql, int nparams,
-                          const char *const *params, PGresult **out, char sqlstate[6],
-                          char *err, size_t errsz)
+                          const char *const *params, PGresult **out, char sqlstate[6], char *err,
+                          size_t errsz)
 {
     if (out)
         *out = NULL;

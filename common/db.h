@@ -22,8 +22,8 @@ enum cr_err db_exec(PGconn *conn, const char *label, const char *sql, int nparam
                     const char *const *params, PGresult **out) CR_MUST_CHECK;
 /* Like db_exec but also returns the SQLSTATE (5 chars + NUL) on failure. */
 enum cr_err db_exec_state(PGconn *conn, const char *label, const char *sql, int nparams,
-                          const char *const *params, PGresult **out, char sqlstate[6],
-                          char *err, size_t errsz) CR_MUST_CHECK;
+                          const char *const *params, PGresult **out, char sqlstate[6], char *err,
+                          size_t errsz) CR_MUST_CHECK;
 
 /* Reconnects when the connection is bad; CR_EPG when that fails. */
 enum cr_err db_ensure(PGconn *conn) CR_MUST_CHECK;

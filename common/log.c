@@ -3,10 +3,13 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "xalloc.h"
 
 enum log_level log_current_level = LOG_LEVEL_INFO;
 static enum log_format log_fmt = LOG_FORMAT_TEXT;
@@ -53,7 +56,8 @@ void log_write(enum log_level level, const char *fmt, ...)
 
     flockfile(stderr);
     if (log_fmt == LOG_FORMAT_JSON) {
-        fprintf(stderr, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"process\":\"%s\",\"pid\":%d,\"msg\":\"",
+        fprintf(stderr,
+                "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"process\":\"%s\",\"pid\":%d,\"msg\":\"",
                 ts, (long)(tv.tv_usec / 1000), level_names[level], log_process, (int)getpid());
         json_escape(stderr, msg);
         fputs("\"}\n", stderr);
@@ -64,31 +68,37 @@ void log_write(enum log_level level, const char *fmt, ...)
     funlockfile(stderr);
 }
 
+/* Replaces s[from, to) with "***"; s has room for the growth. */
+static void mask(char *s, size_t from, size_t to)
+{
+    memmove(s + from + 3, s + to, strlen(s + to) + 1);
+    memcpy(s + from, "***", 3);
+}
+
 void log_redact_url(const char *url, char *out, size_t outsz)
 {
     if (outsz == 0)
         return;
-    snprintf(out, outsz, "%s", url ? url : "");
+    /* Redact a full copy, then truncate into out: truncating first can cut
+     * off the '@' (or the rest of the password) and leave part of it shown. */
+    size_t n = url ? strlen(url) : 0;
+    char *s = xmalloc(n + 7); /* each of the two masks grows it by at most 3 */
+    memcpy(s, url ? url : "", n + 1);
     /* scheme://user:pass@host -> scheme://user:***@host */
-    char *scheme = strstr(out, "://");
+    char *scheme = strstr(s, "://");
     if (scheme) {
         char *at = strchr(scheme + 3, '@');
         char *colon = strchr(scheme + 3, ':');
-        if (at && colon && colon < at) {
-            char rest[1024];
-            snprintf(rest, sizeof(rest), "%s", at);
-            size_t off = (size_t)(colon - out) + 1;
-            snprintf(out + off, outsz - off, "***%s", rest);
-        }
+        if (at && colon && colon < at)
+            mask(s, (size_t)(colon + 1 - s), (size_t)(at - s));
     }
     /* key=value form: password=... -> password=*** */
-    char *pw = strstr(out, "password=");
+    char *pw = strstr(s, "password=");
     if (pw) {
         char *end = pw + strlen("password=");
         char *sp = strchr(end, ' ');
-        char rest[1024];
-        snprintf(rest, sizeof(rest), "%s", sp ? sp : "");
-        size_t off = (size_t)(end - out);
-        snprintf(out + off, outsz - off, "***%s", rest);
+        mask(s, (size_t)(end - s), sp ? (size_t)(sp - s) : strlen(s));
     }
+    snprintf(out, outsz, "%s", s);
+    free(s);
 }

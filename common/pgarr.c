@@ -14,6 +14,7 @@ void pgarr_cleanup(struct pgarr *a)
 {
     buf_cleanup(&a->b);
     a->n = 0;
+    a->closed = 0; /* else a later add would strip a brace from the freed buffer */
 }
 
 void pgarr_reset(struct pgarr *a)

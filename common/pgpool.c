@@ -28,8 +28,8 @@ struct pgc {
     struct event *io;
     struct event *deadline;
     struct pgquery *q;
-    PGresult *res;       /* first result of the running query */
-    int fail_count;      /* consecutive connect failures, for backoff */
+    PGresult *res;  /* first result of the running query */
+    int fail_count; /* consecutive connect failures, for backoff */
     struct timeval next_try;
 };
 
@@ -60,8 +60,7 @@ static void query_free(struct pgquery *q)
     free(q);
 }
 
-static void query_finish(struct pgquery *q, PGresult *res, const char *errmsg,
-                         const char *sqlstate)
+static void query_finish(struct pgquery *q, PGresult *res, const char *errmsg, const char *sqlstate)
 {
     q->cb(q->arg, res, errmsg, sqlstate ? sqlstate : "");
     query_free(q);
@@ -243,8 +242,8 @@ static void pgc_start(struct pgc *c, struct pgquery *q)
 {
     c->q = q;
     pgc_set_state(c, PGC_BUSY);
-    if (!PQsendQueryParams(c->conn, q->sql, q->nparams, NULL, (const char *const *)q->params,
-                           NULL, NULL, 0)) {
+    if (!PQsendQueryParams(c->conn, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL,
+                           NULL, 0)) {
         pgc_drop(c, "PostgreSQL connection lost");
         return;
     }

@@ -10,11 +10,16 @@
 const char *send_outcome_status(enum send_outcome o)
 {
     switch (o) {
-    case SEND_OK: return "sent";
-    case SEND_RETRY: return "retry";
-    case SEND_FAILED: return "failed";
-    case SEND_UNKNOWN: return "unknown";
-    case SEND_SKIPPED: return "skipped";
+    case SEND_OK:
+        return "sent";
+    case SEND_RETRY:
+        return "retry";
+    case SEND_FAILED:
+        return "failed";
+    case SEND_UNKNOWN:
+        return "unknown";
+    case SEND_SKIPPED:
+        return "skipped";
     }
     return "unknown";
 }
@@ -76,7 +81,10 @@ void twilio_classify(long http_status, const char *body, size_t len, long retry_
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(j, "status");
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
     const cJSON *message = cJSON_GetObjectItemCaseSensitive(j, "message");
-    long c = cJSON_IsNumber(code) ? (long)code->valuedouble : 0;
+    /* Range-checked before the cast: converting an out-of-range double is UB. */
+    long c = cJSON_IsNumber(code) && code->valuedouble > 0 && code->valuedouble < 1e9
+                 ? (long)code->valuedouble
+                 : 0;
     if (c)
         snprintf(out->code, sizeof(out->code), "%ld", c);
     if (cJSON_IsString(message))
@@ -87,8 +95,7 @@ void twilio_classify(long http_status, const char *body, size_t len, long retry_
             out->outcome = SEND_OK;
             set_text(out->provider_id, sizeof(out->provider_id), sid->valuestring);
             if (cJSON_IsString(status))
-                set_text(out->provider_status, sizeof(out->provider_status),
-                         status->valuestring);
+                set_text(out->provider_status, sizeof(out->provider_status), status->valuestring);
         } else {
             /* Accepted, but we cannot tell which message: never resend. */
             out->outcome = SEND_UNKNOWN;

@@ -27,8 +27,8 @@ struct send_result {
     enum send_outcome outcome;
     char provider_id[72];
     char provider_status[24];
-    char code[16];     /* provider error code, "" if none */
-    char message[256]; /* provider or transport error text, "" if none */
+    char code[16];      /* provider error code, "" if none */
+    char message[256];  /* provider or transport error text, "" if none */
     long retry_after_s; /* from Retry-After, 0 if none */
     bool opt_out;       /* the provider says the recipient opted out */
 };

@@ -151,7 +151,8 @@ int ctl_apikey(const struct ctl_config *cfg, int argc, char **argv)
 int ctl_provider(const struct ctl_config *cfg, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[0], "create") != 0) {
-        fprintf(stderr, "usage: crierctl provider create TENANT_ID --channel C --kind K --from A\n");
+        fprintf(stderr,
+                "usage: crierctl provider create TENANT_ID --channel C --kind K --from A\n");
         return 2;
     }
     long long tenant;

@@ -14,10 +14,9 @@
 #define MIGRATE_LOCK_SQL "SELECT pg_advisory_lock(7283641001)"
 #define MIGRATE_UNLOCK_SQL "SELECT pg_advisory_unlock(7283641001)"
 
-static const char sql_create_table[] =
-    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-    " name text PRIMARY KEY, checksum text NOT NULL,"
-    " applied_at timestamptz NOT NULL DEFAULT now())";
+static const char sql_create_table[] = "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                       " name text PRIMARY KEY, checksum text NOT NULL,"
+                                       " applied_at timestamptz NOT NULL DEFAULT now())";
 static const char sql_applied[] = "SELECT name, checksum FROM schema_migrations ORDER BY name";
 static const char sql_record[] = "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)";
 

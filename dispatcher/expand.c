@@ -276,8 +276,7 @@ enum cr_err repair_outbox(struct disp *d, long min_age_s)
             max += *p == ',';
         char **ids = xcalloc((size_t)max, sizeof(char *));
         int n = split_ids(list, ids, max);
-        log_info("campaign %s: re-enqueueing %d deliveries left pending", PQgetvalue(res, i, 1),
-                 n);
+        log_info("campaign %s: re-enqueueing %d deliveries left pending", PQgetvalue(res, i, 1), n);
         for (int off = 0; off < n && !err; off += 1000) {
             int k = n - off < 1000 ? n - off : 1000;
             err = enqueue_jobs(d, ch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ids + off, k,

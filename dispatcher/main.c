@@ -30,8 +30,8 @@ static const struct cfg_row disp_rows[] = {
      "postgresql://crier@127.0.0.1:5432/crier", 0, 0, NULL, 0, 1, "PostgreSQL connection URL"},
     {"CRIER_REDIS_URL", CFG_STRING, offsetof(struct disp_config, redis_url),
      "redis://127.0.0.1:6379/0", 0, 0, NULL, 0, 0, "Redis URL redis://[:pass@]host:port/db"},
-    {"CRIER_KEY_PREFIX", CFG_STRING, offsetof(struct disp_config, key_prefix), "crier:", 0, 0,
-     NULL, 0, 0, "prefix of every Redis key"},
+    {"CRIER_KEY_PREFIX", CFG_STRING, offsetof(struct disp_config, key_prefix), "crier:", 0, 0, NULL,
+     0, 0, "prefix of every Redis key"},
     {"CRIER_DISPATCHER_ID", CFG_STRING, offsetof(struct disp_config, consumer), "", 0, 0, NULL, 0,
      0, "consumer name in the dispatchers group (default: host-pid)"},
     {"CRIER_DISPATCH_PAGE", CFG_INT, offsetof(struct disp_config, page_size), "2000", 10, 50000,
@@ -57,8 +57,8 @@ static void disconnect(struct disp *d)
 static enum cr_err connect_all(struct disp *d)
 {
     char err[512];
-    if (!d->pg && !(d->pg = db_connect(d->cfg->database_url, "crier-dispatcher", err,
-                                       sizeof(err)))) {
+    if (!d->pg &&
+        !(d->pg = db_connect(d->cfg->database_url, "crier-dispatcher", err, sizeof(err)))) {
         log_warn("PostgreSQL: %s", err);
         return CR_EPG;
     }
@@ -80,8 +80,9 @@ static enum cr_err connect_all(struct disp *d)
 /* Waits for actions; acks them (the state they announce is in PostgreSQL). */
 static enum cr_err wait_actions(struct disp *d)
 {
-    redisReply *r = redisCommand(d->redis, "XREADGROUP GROUP dispatchers %s COUNT 64 BLOCK %ld "
-                                           "STREAMS %s >",
+    redisReply *r = redisCommand(d->redis,
+                                 "XREADGROUP GROUP dispatchers %s COUNT 64 BLOCK %ld "
+                                 "STREAMS %s >",
                                  d->consumer, d->cfg->poll_ms, d->keys.actions);
     if (!r) {
         log_warn("redis: %s", d->redis->errstr);

@@ -268,9 +268,8 @@ static void process_entries(struct worker *w, redisReply *entries, bool reclaime
             en->element[0]->type != REDIS_REPLY_STRING)
             continue;
         snprintf(e->stream_id, sizeof(e->stream_id), "%s", en->element[0]->str);
-        const char *d = en->element[1]->type == REDIS_REPLY_ARRAY
-                            ? field_value(en->element[1], "d")
-                            : NULL;
+        const char *d =
+            en->element[1]->type == REDIS_REPLY_ARRAY ? field_value(en->element[1], "d") : NULL;
         const char *t = d ? field_value(en->element[1], "t") : NULL;
         if (!d || !t) {
             log_warn("job %s has no delivery/tenant; dropping it", e->stream_id);
@@ -358,8 +357,9 @@ void jobs_maybe_read(struct worker *w)
         return;
     long count = room < w->cfg->batch ? room : w->cfg->batch;
     w->reading = true;
-    redisAsyncCommand(w->rd, on_read, w, "XREADGROUP GROUP workers %s COUNT %ld BLOCK 1000 "
-                                         "STREAMS %s >",
+    redisAsyncCommand(w->rd, on_read, w,
+                      "XREADGROUP GROUP workers %s COUNT %ld BLOCK 1000 "
+                      "STREAMS %s >",
                       w->consumer, count, w->keys.jobs[0]);
 }
 
@@ -372,8 +372,7 @@ void jobs_add_outcome(struct worker *w, struct outcome *o)
     if (o->res.outcome == SEND_RETRY && o->attempts >= w->cfg->max_attempts) {
         o->res.outcome = SEND_FAILED;
         char msg[sizeof(o->res.message)];
-        snprintf(msg, sizeof(msg), "attempts exhausted (%d): %.200s", o->attempts,
-                 o->res.message);
+        snprintf(msg, sizeof(msg), "attempts exhausted (%d): %.200s", o->attempts, o->res.message);
         snprintf(o->res.message, sizeof(o->res.message), "%s", msg);
         if (w->wr) {
             char id[24], tenant[24];
@@ -423,8 +422,7 @@ static void write_done(void *arg, PGresult *res, const char *errmsg, const char 
         for (int i = 0; i < wr->n; i++) {
             if (w->noutcomes == w->outcomes_cap) {
                 w->outcomes_cap = w->outcomes_cap ? w->outcomes_cap * 2 : 256;
-                w->outcomes =
-                    xrealloc(w->outcomes, (size_t)w->outcomes_cap * sizeof(*w->outcomes));
+                w->outcomes = xrealloc(w->outcomes, (size_t)w->outcomes_cap * sizeof(*w->outcomes));
             }
             w->outcomes[w->noutcomes++] = wr->o[i];
         }

@@ -55,7 +55,8 @@ static void check_done(struct worker *w);
 static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
 {
     struct worker *w = arg;
-    int action = ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int action =
+        ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running = 0;
     curl_multi_socket_action(w->multi, fd, action, &running);
     check_done(w);
@@ -133,6 +134,9 @@ bool send_init(struct worker *w)
             log_error("cannot open CRIER_SANDBOX_LOG %s", w->cfg->sandbox_log);
             return false;
         }
+        /* One line per message, written when the message is "sent": the
+         * log is the sandbox's record, so it must not lag or be lost. */
+        setvbuf(w->sandbox, NULL, _IOLBF, 0);
     }
     return true;
 }
@@ -183,8 +187,10 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
         if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
             crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
             !(creds = cJSON_Parse(plain))) {
-            snprintf(why, whysz, "provider account %lld: credentials cannot be opened "
-                                 "(check CRIER_SECRET_KEY)", id);
+            snprintf(why, whysz,
+                     "provider account %lld: credentials cannot be opened "
+                     "(check CRIER_SECRET_KEY)",
+                     id);
             free(plain);
             free(a);
             return NULL;
@@ -232,12 +238,16 @@ static const char *render_lookup(void *arg, const char *name, size_t n)
     static const struct {
         const char *name;
         int col;
-    } cols[] = {{"first_name", COL_FIRST}, {"last_name", COL_LAST}, {"email", COL_EMAIL},
-                {"phone", COL_PHONE},      {"external_id", COL_EXTERNAL}};
+    } cols[] = {{"first_name", COL_FIRST},
+                {"last_name", COL_LAST},
+                {"email", COL_EMAIL},
+                {"phone", COL_PHONE},
+                {"external_id", COL_EXTERNAL}};
     for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
         if (strlen(cols[i].name) == n && strncmp(cols[i].name, name, n) == 0)
-            return PQgetisnull(c->res, c->row, cols[i].col) ? NULL
-                                                            : PQgetvalue(c->res, c->row, cols[i].col);
+            return PQgetisnull(c->res, c->row, cols[i].col)
+                       ? NULL
+                       : PQgetvalue(c->res, c->row, cols[i].col);
     if (n > 11 && strncmp(name, "attributes.", 11) == 0) {
         if (!c->attrs)
             c->attrs = cJSON_Parse(PQgetvalue(c->res, c->row, COL_ATTRS));
@@ -319,8 +329,7 @@ static void check_done(struct worker *w)
         if (rc == CURLE_OK) {
             long status = 0;
             curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
-            twilio_classify(status, s->response.data, s->response.len, s->retry_after,
-                            &s->o.res);
+            twilio_classify(status, s->response.data, s->response.len, s->retry_after, &s->o.res);
         } else {
             long sent_bytes = 0;
             curl_easy_getinfo(s->easy, CURLINFO_REQUEST_SIZE, &sent_bytes);
@@ -346,8 +355,7 @@ static void sandbox_send(struct worker *w, struct outcome *o, const char *to, co
         memset(rnd, 0, sizeof(rnd));
     char hex[17];
     crypto_hex_encode(rnd, sizeof(rnd), hex);
-    snprintf(o->res.provider_id, sizeof(o->res.provider_id), "SB%016llx%s",
-             ++w->sandbox_seq, hex);
+    snprintf(o->res.provider_id, sizeof(o->res.provider_id), "SB%016llx%s", ++w->sandbox_seq, hex);
     if (w->sandbox) {
         cJSON *line = cJSON_CreateObject();
         cJSON_AddStringToObject(line, "sid", o->res.provider_id);
@@ -374,7 +382,9 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     o.attempts = atoi(PQgetvalue(res, row, COL_ATTEMPTS));
     snprintf(o.stream_id, sizeof(o.stream_id), "%s", stream_id);
     const char *kind = PQgetisnull(res, row, COL_KIND) ? "none" : PQgetvalue(res, row, COL_KIND);
-    o.provider = strcmp(kind, "twilio") == 0 ? "twilio" : strcmp(kind, "sandbox") == 0 ? "sandbox" : "none";
+    o.provider = strcmp(kind, "twilio") == 0    ? "twilio"
+                 : strcmp(kind, "sandbox") == 0 ? "sandbox"
+                                                : "none";
 
     if (PQgetvalue(res, row, COL_OPT_OUT)[0] == 't') {
         skip_or_fail(w, &o, SEND_SKIPPED, "opted_out", "opted_out");
@@ -394,8 +404,8 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     struct buf body;
     buf_init(&body, SEND_MAX_BODY);
     char err[160];
-    enum cr_err e = tpl_render(PQgetvalue(res, row, COL_BODY), render_lookup, &rc,
-                               TPL_ESCAPE_NONE, &body, err, sizeof(err));
+    enum cr_err e = tpl_render(PQgetvalue(res, row, COL_BODY), render_lookup, &rc, TPL_ESCAPE_NONE,
+                               &body, err, sizeof(err));
     cJSON_Delete(rc.attrs);
     if (e != CR_OK) {
         buf_cleanup(&body);

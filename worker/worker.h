@@ -85,10 +85,10 @@ struct worker {
 
     CURLM *multi;
     struct event *curl_timer;
-    int inflight;   /* sends in curl */
-    int claiming;   /* jobs whose claim statement is running */
-    int writing;    /* outcomes whose write statement is running */
-    bool reading;   /* an XREADGROUP is outstanding */
+    int inflight; /* sends in curl */
+    int claiming; /* jobs whose claim statement is running */
+    int writing;  /* outcomes whose write statement is running */
+    bool reading; /* an XREADGROUP is outstanding */
     bool stopping;
     struct event *flush_timer, *tick, *sigterm, *sigint, *grace;
 
