@@ -240,7 +240,7 @@ static void orphans_done(void *arg, PGresult *res, const char *errmsg, const cha
         claim_free(c);
         return;
     }
-    if (atoi(PQcmdTuples(res)) > 0)
+    if (strtol(PQcmdTuples(res), NULL, 10) > 0)
         log_warn("%s deliveries orphaned by a dead worker marked unknown", PQcmdTuples(res));
     start_claim(c);
 }

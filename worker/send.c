@@ -379,7 +379,7 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     memset(&o, 0, sizeof(o));
     o.delivery_id = strtoll(PQgetvalue(res, row, COL_ID), NULL, 10);
     o.tenant_id = strtoll(PQgetvalue(res, row, COL_TENANT), NULL, 10);
-    o.attempts = atoi(PQgetvalue(res, row, COL_ATTEMPTS));
+    o.attempts = (int)strtol(PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
     snprintf(o.stream_id, sizeof(o.stream_id), "%s", stream_id);
     const char *kind = PQgetisnull(res, row, COL_KIND) ? "none" : PQgetvalue(res, row, COL_KIND);
     o.provider = strcmp(kind, "twilio") == 0    ? "twilio"
