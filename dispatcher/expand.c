@@ -259,6 +259,28 @@ enum cr_err expand_pending_campaigns(struct disp *d)
     return err;
 }
 
+/* Enqueues every delivery id of a comma-separated list, 1000 per pipeline. */
+static enum cr_err enqueue_list(struct disp *d, const char *channel, const char *tenant,
+                                const char *campaign, const char *list_text, bool mark_queued,
+                                const char *why)
+{
+    char *list = xstrdup(list_text);
+    int max = 1;
+    for (char *p = list; *p; p++)
+        max += *p == ',';
+    char **ids = xcalloc((size_t)max, sizeof(char *));
+    int n = split_ids(list, ids, max);
+    log_info("campaign %s: enqueueing %d deliveries %s", campaign, n, why);
+    enum cr_err err = CR_OK;
+    for (int off = 0; off < n && !err; off += 1000) {
+        int k = n - off < 1000 ? n - off : 1000;
+        err = enqueue_jobs(d, channel_index(channel), tenant, campaign, ids + off, k, mark_queued);
+    }
+    free(ids);
+    free(list);
+    return err;
+}
+
 enum cr_err repair_outbox(struct disp *d, long min_age_s)
 {
     char age[24];
@@ -268,23 +290,9 @@ enum cr_err repair_outbox(struct disp *d, long min_age_s)
     enum cr_err err = db_exec(d->pg, "stale pending", sql_stale_pending, 1, params, &res);
     if (err)
         return err;
-    for (int i = 0; i < PQntuples(res) && !err; i++) {
-        int ch = channel_index(PQgetvalue(res, i, 2));
-        char *list = xstrdup(PQgetvalue(res, i, 3));
-        int max = 1;
-        for (char *p = list; *p; p++)
-            max += *p == ',';
-        char **ids = xcalloc((size_t)max, sizeof(char *));
-        int n = split_ids(list, ids, max);
-        log_info("campaign %s: re-enqueueing %d deliveries left pending", PQgetvalue(res, i, 1), n);
-        for (int off = 0; off < n && !err; off += 1000) {
-            int k = n - off < 1000 ? n - off : 1000;
-            err = enqueue_jobs(d, ch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ids + off, k,
-                               true);
-        }
-        free(ids);
-        free(list);
-    }
+    for (int i = 0; i < PQntuples(res) && !err; i++)
+        err = enqueue_list(d, PQgetvalue(res, i, 2), PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                           PQgetvalue(res, i, 3), true, "left pending");
     PQclear(res);
     return err;
 }
@@ -297,24 +305,12 @@ enum cr_err repair_unenqueued(struct disp *d)
         return err;
     for (int i = 0; i < PQntuples(res) && !err; i++) {
         const char *tenant = PQgetvalue(res, i, 0), *campaign = PQgetvalue(res, i, 1);
-        int ch = channel_index(PQgetvalue(res, i, 2));
-        char *list = xstrdup(PQgetvalue(res, i, 3));
-        int max = 1;
-        for (char *p = list; *p; p++)
-            max += *p == ',';
-        char **ids = xcalloc((size_t)max, sizeof(char *));
-        int n = split_ids(list, ids, max);
-        log_info("campaign %s: enqueueing %d deliveries whose job may be missing", campaign, n);
-        for (int off = 0; off < n && !err; off += 1000) {
-            int k = n - off < 1000 ? n - off : 1000;
-            err = enqueue_jobs(d, ch, tenant, campaign, ids + off, k, false);
-        }
+        err = enqueue_list(d, PQgetvalue(res, i, 2), tenant, campaign, PQgetvalue(res, i, 3), false,
+                           "whose job may be missing");
         if (!err) {
             const char *p[] = {tenant, campaign, PQgetvalue(res, i, 4)};
             err = db_exec(d->pg, "set enqueued", sql_set_enqueued, 3, p, NULL);
         }
-        free(ids);
-        free(list);
     }
     PQclear(res);
     return err;
