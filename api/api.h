@@ -57,6 +57,7 @@ struct app {
     bool draining;
     int inflight;
     struct auth_cache *auth;
+    struct tzdb *tzdb; /* time zone names PostgreSQL knows (tzdb.c) */
 };
 
 /* One HTTP request being handled. Created by the router, freed by the
@@ -71,6 +72,7 @@ struct api_req {
     struct evhttp_uri *uri;
     long long tenant_id;
     long long ids[2]; /* numeric path parameters, in order */
+    char slug[64];    /* a {slug} path parameter ([a-z0-9_-]) */
     const char *body; /* contiguous request body, borrowed from evhttp */
     size_t body_len;
     size_t max_body;
@@ -107,14 +109,56 @@ void redis_link_start(struct app *app);
 void redis_link_stop(struct app *app);
 bool redis_link_ready(struct app *app);
 
+/* ---- time zones (tzdb.c) ---- */
+/* Loads pg_timezone_names through the pool (async; retried until it works). */
+void tzdb_start(struct app *app);
+void tzdb_free(struct tzdb *z);
+/* True when name is a zone PostgreSQL knows. Before the list is loaded,
+ * accepts any well-formed name (the database CHECK still applies). */
+bool tzdb_valid(const struct app *app, const char *name);
+
 /* ---- handlers ---- */
 void health_healthz(struct api_req *r);
 void health_readyz(struct api_req *r);
+/* customers.c */
 void customers_create(struct api_req *r);
 void customers_import(struct api_req *r);
+void customers_list(struct api_req *r);
+void customers_get(struct api_req *r);
+void customers_patch(struct api_req *r);
+void customers_delete(struct api_req *r);
+/* activity.c: interactions and appointments */
+void interactions_import(struct api_req *r);
+void appointments_import(struct api_req *r);
+/* segments.c */
+void segments_templates(struct api_req *r);
+void segments_preview(struct api_req *r);
+void segments_create(struct api_req *r);
+void segments_list(struct api_req *r);
+void segments_get(struct api_req *r);
+void segments_patch(struct api_req *r);
+void segments_delete(struct api_req *r);
+/* agents.c */
+void agents_list(struct api_req *r);
+void agents_get(struct api_req *r);
+void agents_validate(struct api_req *r);
+/* campaigns.c */
 void campaigns_create(struct api_req *r);
+void campaigns_list(struct api_req *r);
 void campaigns_get(struct api_req *r);
+void campaigns_patch(struct api_req *r);
+void campaigns_delete(struct api_req *r);
 void campaigns_launch(struct api_req *r);
+void campaigns_pause(struct api_req *r);
+void campaigns_resume(struct api_req *r);
+void campaigns_complete(struct api_req *r);
+void campaigns_cancel(struct api_req *r);
 void campaigns_stats(struct api_req *r);
+/* providers.c */
+void providers_create(struct api_req *r);
+void providers_list(struct api_req *r);
+void providers_get(struct api_req *r);
+void providers_patch(struct api_req *r);
+void providers_delete(struct api_req *r);
 
 #endif

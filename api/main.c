@@ -118,6 +118,7 @@ int main(int argc, char **argv)
     app.pg = pgpool_new(app.base, cfg.database_url, "crier-api", (int)cfg.pg_pool_size,
                         (int)cfg.pg_timeout_ms);
     redis_link_start(&app);
+    tzdb_start(&app);
 
     app.http = evhttp_new(app.base);
     evhttp_set_timeout(app.http, (int)cfg.http_timeout_s);
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
     redis_link_stop(&app);
     pgpool_free(app.pg);
     auth_cache_free(app.auth);
+    tzdb_free(app.tzdb);
     if (app.drain_timer)
         event_free(app.drain_timer);
     event_free(app.sigterm);

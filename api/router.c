@@ -21,19 +21,58 @@ static const struct route routes[] = {
     {EVHTTP_REQ_GET, "/healthz", false, 0, health_healthz},
     {EVHTTP_REQ_GET, "/readyz", false, 0, health_readyz},
     {EVHTTP_REQ_POST, "/v1/customers", true, API_MAX_JSON_BODY, customers_create},
+    {EVHTTP_REQ_GET, "/v1/customers", true, 0, customers_list},
     {EVHTTP_REQ_POST, "/v1/customers/import", true, API_MAX_IMPORT_BODY, customers_import},
+    {EVHTTP_REQ_GET, "/v1/customers/{id}", true, 0, customers_get},
+    {EVHTTP_REQ_PATCH, "/v1/customers/{id}", true, API_MAX_JSON_BODY, customers_patch},
+    {EVHTTP_REQ_DELETE, "/v1/customers/{id}", true, 0, customers_delete},
+    {EVHTTP_REQ_POST, "/v1/interactions/import", true, API_MAX_IMPORT_BODY, interactions_import},
+    {EVHTTP_REQ_POST, "/v1/appointments/import", true, API_MAX_IMPORT_BODY, appointments_import},
+    {EVHTTP_REQ_GET, "/v1/segment-templates", true, 0, segments_templates},
+    {EVHTTP_REQ_POST, "/v1/segments/preview", true, API_MAX_JSON_BODY, segments_preview},
+    {EVHTTP_REQ_POST, "/v1/segments", true, API_MAX_JSON_BODY, segments_create},
+    {EVHTTP_REQ_GET, "/v1/segments", true, 0, segments_list},
+    {EVHTTP_REQ_GET, "/v1/segments/{id}", true, 0, segments_get},
+    {EVHTTP_REQ_PATCH, "/v1/segments/{id}", true, API_MAX_JSON_BODY, segments_patch},
+    {EVHTTP_REQ_DELETE, "/v1/segments/{id}", true, 0, segments_delete},
+    {EVHTTP_REQ_GET, "/v1/agent-templates", true, 0, agents_list},
+    {EVHTTP_REQ_POST, "/v1/agent-templates/validate", true, API_MAX_JSON_BODY, agents_validate},
+    {EVHTTP_REQ_GET, "/v1/agent-templates/{slug}", true, 0, agents_get},
     {EVHTTP_REQ_POST, "/v1/campaigns", true, API_MAX_JSON_BODY, campaigns_create},
+    {EVHTTP_REQ_GET, "/v1/campaigns", true, 0, campaigns_list},
     {EVHTTP_REQ_GET, "/v1/campaigns/{id}", true, 0, campaigns_get},
+    {EVHTTP_REQ_PATCH, "/v1/campaigns/{id}", true, API_MAX_JSON_BODY, campaigns_patch},
+    {EVHTTP_REQ_DELETE, "/v1/campaigns/{id}", true, 0, campaigns_delete},
     {EVHTTP_REQ_POST, "/v1/campaigns/{id}/launch", true, API_MAX_JSON_BODY, campaigns_launch},
+    {EVHTTP_REQ_POST, "/v1/campaigns/{id}/pause", true, API_MAX_JSON_BODY, campaigns_pause},
+    {EVHTTP_REQ_POST, "/v1/campaigns/{id}/resume", true, API_MAX_JSON_BODY, campaigns_resume},
+    {EVHTTP_REQ_POST, "/v1/campaigns/{id}/complete", true, API_MAX_JSON_BODY, campaigns_complete},
+    {EVHTTP_REQ_POST, "/v1/campaigns/{id}/cancel", true, API_MAX_JSON_BODY, campaigns_cancel},
     {EVHTTP_REQ_GET, "/v1/campaigns/{id}/stats", true, 0, campaigns_stats},
+    {EVHTTP_REQ_POST, "/v1/provider-accounts", true, API_MAX_JSON_BODY, providers_create},
+    {EVHTTP_REQ_GET, "/v1/provider-accounts", true, 0, providers_list},
+    {EVHTTP_REQ_GET, "/v1/provider-accounts/{id}", true, 0, providers_get},
+    {EVHTTP_REQ_PATCH, "/v1/provider-accounts/{id}", true, API_MAX_JSON_BODY, providers_patch},
+    {EVHTTP_REQ_DELETE, "/v1/provider-accounts/{id}", true, 0, providers_delete},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
-/* Matches path against pattern; fills ids. */
-static bool route_match(const char *pattern, const char *path, long long ids[2])
+/* Matches path against pattern; fills ids and slug. */
+static bool route_match(const char *pattern, const char *path, long long ids[2], char *slug,
+                        size_t slugsz)
 {
     int nid = 0;
     while (*pattern && *path) {
+        if (strncmp(pattern, "{slug}", 6) == 0) {
+            size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz0123456789_-");
+            if (n == 0 || n >= slugsz || (path[n] && path[n] != '/'))
+                return false;
+            memcpy(slug, path, n);
+            slug[n] = '\0';
+            pattern += 6;
+            path += n;
+            continue;
+        }
         if (strncmp(pattern, "{id}", 4) == 0) {
             if (*path < '1' || *path > '9')
                 return false;
@@ -104,13 +143,15 @@ void router_handle(struct evhttp_request *req, void *arg)
     bool path_known = false;
     for (size_t i = 0; i < NROUTES; i++) {
         long long ids[2] = {0, 0};
-        if (!route_match(routes[i].pattern, r->path, ids))
+        char slug[sizeof(r->slug)] = "";
+        if (!route_match(routes[i].pattern, r->path, ids, slug, sizeof(slug)))
             continue;
         path_known = true;
         if (routes[i].method == r->method ||
             (routes[i].method == EVHTTP_REQ_GET && r->method == EVHTTP_REQ_HEAD)) {
             hit = &routes[i];
             memcpy(r->ids, ids, sizeof(ids));
+            memcpy(r->slug, slug, sizeof(slug));
             break;
         }
     }
