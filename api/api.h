@@ -93,6 +93,23 @@ void http_reply_dependency(struct api_req *r, const char *dependency, const char
 /* Parses the body as a JSON object; on failure replies 400 and returns NULL. */
 cJSON *http_body_json_or_reply(struct api_req *r);
 void http_request_free(struct api_req *r);
+/* 204 No Content. */
+void http_reply_no_content(struct api_req *r);
+/* Parses ?limit=&cursor= (keyset: cursor is the last id of the previous
+ * page). Defaults limit 50, max 500. Replies 400 naming the parameter and
+ * returns -1 on error. */
+int http_page_params_or_reply(struct api_req *r, long *limit, long long *after);
+/* Writes the tenant id and the first path id as text (query parameters). */
+void http_id_params(const struct api_req *r, char tenant[24], char id[24]);
+/* Answers a single-row query whose first column is a JSON object: status on
+ * a row, 404 "no such <what>" without one, 503 when the query failed. */
+void http_reply_pg_row(struct api_req *r, PGresult *res, const char *errmsg, int status,
+                       const char *what);
+/* Returns the first key of obj not in allowed (NULL-terminated), or NULL. */
+const char *http_unknown_key(const cJSON *obj, const char *const *allowed);
+/* 409 {"error": {"code": "invalid_transition", "status", "allowed": [...]}}. */
+void http_reply_transition(struct api_req *r, const char *action, const char *status,
+                           const char *const *allowed);
 
 /* ---- router / server (router.c) ---- */
 void router_handle(struct evhttp_request *req, void *arg);

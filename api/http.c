@@ -1,5 +1,7 @@
 /* http.c - the response door: every reply leaves through here, in one
  * JSON error shape: {"error": {"code", "message", "field"}}. */
+#include <sys/queue.h>
+
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <stdlib.h>
@@ -95,4 +97,99 @@ cJSON *http_body_json_or_reply(struct api_req *r)
         return NULL;
     }
     return j;
+}
+
+void http_id_params(const struct api_req *r, char tenant[24], char id[24])
+{
+    snprintf(tenant, 24, "%lld", r->tenant_id);
+    snprintf(id, 24, "%lld", r->ids[0]);
+}
+
+void http_reply_pg_row(struct api_req *r, PGresult *res, const char *errmsg, int status,
+                       const char *what)
+{
+    if (!res) {
+        http_reply_dependency(r, "postgres", errmsg);
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "no such %s", what);
+        http_reply_error(r, 404, "not_found", msg, NULL);
+        return;
+    }
+    http_reply_raw_json(r, status, PQgetvalue(res, 0, 0));
+}
+
+const char *http_unknown_key(const cJSON *obj, const char *const *allowed)
+{
+    for (const cJSON *it = obj ? obj->child : NULL; it; it = it->next) {
+        bool known = false;
+        for (int i = 0; allowed[i] && !known; i++)
+            known = it->string && strcmp(it->string, allowed[i]) == 0;
+        if (!known)
+            return it->string ? it->string : "";
+    }
+    return NULL;
+}
+
+void http_reply_transition(struct api_req *r, const char *action, const char *status,
+                           const char *const *allowed)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", "invalid_transition");
+    char msg[128];
+    snprintf(msg, sizeof(msg), "cannot %s a %s campaign", action, status);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "field", "status");
+    cJSON_AddStringToObject(e, "status", status);
+    cJSON *arr = cJSON_AddArrayToObject(e, "allowed");
+    for (int i = 0; allowed && allowed[i]; i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(allowed[i]));
+    http_reply_json(r, 409, root);
+}
+
+int http_page_params_or_reply(struct api_req *r, long *limit, long long *after)
+{
+    *limit = 50;
+    *after = 0;
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    if (r->query && evhttp_parse_query_str(r->query, &q) != 0) {
+        http_reply_error(r, 400, "bad_request", "malformed query string", NULL);
+        return -1;
+    }
+    int rc = 0;
+    const char *l = evhttp_find_header(&q, "limit");
+    const char *c = evhttp_find_header(&q, "cursor");
+    char *end = NULL;
+    if (l) {
+        long v = strtol(l, &end, 10);
+        if (!*l || *end || v < 1 || v > 500) {
+            http_reply_error(r, 400, "invalid_parameter", "limit must be an integer 1..500",
+                             "limit");
+            rc = -1;
+        } else {
+            *limit = v;
+        }
+    }
+    if (!rc && c) {
+        long long v = strtoll(c, &end, 10);
+        if (!*c || *end || v < 0) {
+            http_reply_error(r, 400, "invalid_parameter", "cursor is not one this API gave",
+                             "cursor");
+            rc = -1;
+        } else {
+            *after = v;
+        }
+    }
+    evhttp_clear_headers(&q);
+    return rc;
+}
+
+void http_reply_no_content(struct api_req *r)
+{
+    evhttp_send_reply(r->req, 204, "No Content", NULL);
+    http_request_free(r);
 }

@@ -12,7 +12,7 @@
 enum pgc_state { PGC_DOWN = 0, PGC_CONNECTING, PGC_IDLE, PGC_BUSY };
 
 struct pgquery {
-    const char *sql; /* static text owned by the caller's module */
+    char *sql; /* owned copy */
     int nparams;
     char **params;
     pgpool_cb cb;
@@ -54,6 +54,7 @@ static void pool_dispatch(struct pgpool *p);
 
 static void query_free(struct pgquery *q)
 {
+    free(q->sql);
     for (int i = 0; i < q->nparams; i++)
         free(q->params[i]);
     free(q->params);
@@ -344,7 +345,7 @@ void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
                   pgpool_cb cb, void *arg)
 {
     struct pgquery *q = xcalloc(1, sizeof(*q));
-    q->sql = sql;
+    q->sql = xstrdup(sql);
     q->nparams = nparams;
     q->params = xcalloc((size_t)(nparams ? nparams : 1), sizeof(char *));
     for (int i = 0; i < nparams; i++)

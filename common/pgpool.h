@@ -6,7 +6,7 @@
  * a client timer); a broken connection is dropped and reconnected with
  * backoff. Callbacks are never called from inside pgpool_query.
  *
- * Ownership: params are copied. The PGresult passed to the callback is
+ * Ownership: the SQL text and params are copied. The PGresult passed to the callback is
  * borrowed for the duration of the callback. Loop: single-threaded. */
 #ifndef CRIER_PGPOOL_H
 #define CRIER_PGPOOL_H
