@@ -36,6 +36,8 @@ enum cr_err expand_pending_campaigns(struct disp *d) CR_MUST_CHECK;
 /* Re-enqueues deliveries left in 'pending' by a crash between the
  * database write and the XADD (the outbox repair). min_age_s = 0 at start. */
 enum cr_err repair_outbox(struct disp *d, long min_age_s) CR_MUST_CHECK;
+/* Moves scheduled campaigns whose scheduled_at has passed to running. */
+enum cr_err start_scheduled(struct disp *d) CR_MUST_CHECK;
 /* Re-enqueues deliveries whose retry is due. */
 enum cr_err promote_retries(struct disp *d) CR_MUST_CHECK;
 /* Moves running campaigns whose every delivery is terminal to completed. */

@@ -87,6 +87,11 @@ static const char sql_promote[] =
     " WHERE d.id = due.id"
     " RETURNING d.tenant_id, d.campaign_id, d.channel, d.id";
 
+/* Scheduled campaigns whose time has come start running. */
+static const char sql_start_scheduled[] =
+    "UPDATE campaigns SET status = 'running', launched_at = now(), updated_at = now()"
+    " WHERE status = 'scheduled' AND scheduled_at <= now() RETURNING id, tenant_id";
+
 static const char sql_complete[] =
     "UPDATE campaigns k SET status = 'completed', completed_at = now(), updated_at = now()"
     " WHERE k.status = 'running' AND k.expanded_at IS NOT NULL"
@@ -314,6 +319,19 @@ enum cr_err repair_unenqueued(struct disp *d)
     }
     PQclear(res);
     return err;
+}
+
+enum cr_err start_scheduled(struct disp *d)
+{
+    PGresult *res = NULL;
+    enum cr_err err = db_exec(d->pg, "start scheduled", sql_start_scheduled, 0, NULL, &res);
+    if (err)
+        return err;
+    for (int i = 0; i < PQntuples(res); i++)
+        log_info("campaign %s (tenant %s): scheduled time reached; running",
+                 PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    PQclear(res);
+    return CR_OK;
 }
 
 enum cr_err complete_campaigns(struct disp *d)

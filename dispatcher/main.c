@@ -168,6 +168,8 @@ int main(int argc, char **argv)
             repaired = e == CR_OK;
         }
         if (!e)
+            e = start_scheduled(&d);
+        if (!e)
             e = expand_pending_campaigns(&d);
         if (!e && time(NULL) - last_repair >= 10) {
             e = repair_outbox(&d, cfg.repair_after_s);
