@@ -9,6 +9,7 @@
 #include <hiredis/async.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/time.h>
 
 #include "pgpool.h"
@@ -22,6 +23,7 @@
 
 struct api_config {
     char *database_url;
+    char *secret_key;
     char *redis_url;
     char *http_addr;
     char *public_url;
@@ -57,7 +59,8 @@ struct app {
     bool draining;
     int inflight;
     struct auth_cache *auth;
-    struct tzdb *tzdb; /* time zone names PostgreSQL knows (tzdb.c) */
+    struct tzdb *tzdb;  /* time zone names PostgreSQL knows (tzdb.c) */
+    uint8_t secret[32]; /* CRIER_SECRET_KEY: seals provider credentials */
 };
 
 /* One HTTP request being handled. Created by the router, freed by the

@@ -8,11 +8,14 @@
 
 #include "api.h"
 #include "config.h"
+#include "crypto.h"
 #include "log.h"
 
 static const struct cfg_row api_rows[] = {
     {"CRIER_DATABASE_URL", CFG_STRING, offsetof(struct api_config, database_url),
      "postgresql://crier@127.0.0.1:5432/crier", 0, 0, NULL, 0, 1, "PostgreSQL connection URL"},
+    {"CRIER_SECRET_KEY", CFG_STRING, offsetof(struct api_config, secret_key), NULL, 0, 0, NULL, 1,
+     1, "32-byte key (64 hex or base64) sealing provider credentials"},
     {"CRIER_REDIS_URL", CFG_STRING, offsetof(struct api_config, redis_url),
      "redis://127.0.0.1:6379/0", 0, 0, NULL, 0, 0, "Redis URL redis://[:pass@]host:port/db"},
     {"CRIER_HTTP_ADDR", CFG_STRING, offsetof(struct api_config, http_addr), "127.0.0.1:8080", 0, 0,
@@ -112,6 +115,10 @@ int main(int argc, char **argv)
 
     static struct app app;
     app.cfg = &cfg;
+    if (crypto_parse_key(cfg.secret_key, app.secret) != CR_OK) {
+        fprintf(stderr, "crier-api: CRIER_SECRET_KEY must be 64 hex chars or base64 of 32 bytes\n");
+        return 2;
+    }
     app.base = event_base_new();
     rq_keys_init(&app.keys, cfg.key_prefix);
     app.auth = auth_cache_new();
