@@ -23,7 +23,7 @@ static const char sql_claim[] =
     "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts)"
     " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
-    "  p.credentials, c.sms_opt_out"
+    "  p.credentials, c.sms_opt_out, cl.campaign_id, cl.customer_id, k.variants::text"
     " FROM claimed cl"
     " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
@@ -39,10 +39,11 @@ static const char sql_orphans[] =
 
 static const char sql_outcomes[] =
     "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
-    "   $5::text[], $6::text[], $7::int[], $8::text[], $9::text[])"
-    "   AS u(id, tenant_id, status, pmid, code, err, retry_in, body, provider)),"
+    "   $5::text[], $6::text[], $7::int[], $8::text[], $9::text[], $11::text[])"
+    "   AS u(id, tenant_id, status, pmid, code, err, retry_in, body, provider, variant)),"
     " upd AS ("
     "  UPDATE deliveries d SET status = u.status, provider = u.provider,"
+    "    variant = COALESCE(u.variant, d.variant),"
     "    provider_message_id = COALESCE(u.pmid, d.provider_message_id),"
     "    error_code = NULLIF(u.code, ''), last_error = NULLIF(u.err, ''),"
     "    skip_reason = CASE WHEN u.status = 'skipped' THEN u.err ELSE d.skip_reason END,"
@@ -450,8 +451,8 @@ void jobs_flush(struct worker *w)
     if (w->noutcomes == 0)
         return;
     int n = w->noutcomes;
-    struct pgarr a[9];
-    for (int i = 0; i < 9; i++)
+    struct pgarr a[10];
+    for (int i = 0; i < 10; i++)
         pgarr_init(&a[i], 64u << 20);
     enum cr_err e = CR_OK;
     for (int i = 0; i < n && !e; i++) {
@@ -476,6 +477,8 @@ void jobs_flush(struct worker *w)
             e = pgarr_add_text(&a[7], o->body);
         if (!e)
             e = pgarr_add_text(&a[8], o->provider);
+        if (!e)
+            e = pgarr_add_text(&a[9], o->variant[0] ? o->variant : NULL);
     }
     if (e) {
         log_error("outcome batch of %d exceeds its size limit; will retry", n);
@@ -487,13 +490,14 @@ void jobs_flush(struct worker *w)
         memcpy(wr->o, w->outcomes, (size_t)n * sizeof(*wr->o));
         w->noutcomes = 0;
         w->writing += n;
-        const char *p[10];
+        const char *p[11];
         for (int i = 0; i < 9; i++)
             p[i] = pgarr_str(&a[i]);
         p[9] = w->consumer;
-        pgpool_query(w->pool, sql_outcomes, 10, p, write_done, wr);
+        p[10] = pgarr_str(&a[9]);
+        pgpool_query(w->pool, sql_outcomes, 11, p, write_done, wr);
     }
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         pgarr_cleanup(&a[i]);
 }
 

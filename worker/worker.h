@@ -9,6 +9,7 @@
 #ifndef CRIER_WORKER_H
 #define CRIER_WORKER_H
 
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <hiredis/async.h>
@@ -64,6 +65,7 @@ struct outcome {
     int attempts;
     char stream_id[32];
     const char *provider; /* static string */
+    char variant[33];     /* A/B variant name, "" when the campaign has none */
     char *body;           /* rendered message, owned */
     struct send_result res;
 };
@@ -91,6 +93,11 @@ struct worker {
     bool reading; /* an XREADGROUP is outstanding */
     bool stopping;
     struct event *flush_timer, *tick, *sigterm, *sigint, *grace;
+
+    /* The variants of the campaign last rendered (most batches hold one
+     * campaign): parsed once, not per message. */
+    long long variants_campaign;
+    cJSON *variants;
 
     struct outcome *outcomes; /* pending writes */
     int noutcomes, outcomes_cap;
