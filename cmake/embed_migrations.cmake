@@ -1,4 +1,6 @@
 # Writes OUT: a C file with every migration's name and text, in order.
+# FILES is "|"-separated (a ";" list would be split into separate arguments).
+string(REPLACE "|" ";" FILES "${FILES}")
 file(WRITE ${OUT} "/* generated from the files in migrations/: do not edit */\n#include \"migrations.h\"\n")
 set(entries "")
 set(i 0)
