@@ -102,6 +102,11 @@ void http_reply_no_content(struct api_req *r);
  * page). Defaults limit 50, max 500. Replies 400 naming the parameter and
  * returns -1 on error. */
 int http_page_params_or_reply(struct api_req *r, long *limit, long long *after);
+/* Answers a keyset page: res has one row whose first column is a JSON
+ * array of objects with an "id"; replies {"<key>": [...], "next_cursor":
+ * the last id when the page is full, else null}. 503 when the query failed. */
+void http_reply_page(struct api_req *r, PGresult *res, const char *errmsg, const char *key,
+                     long limit);
 /* Writes the tenant id and the first path id as text (query parameters). */
 void http_id_params(const struct api_req *r, char tenant[24], char id[24]);
 /* Answers a single-row query whose first column is a JSON object: status on

@@ -625,25 +625,9 @@ static void list_done(void *arg, PGresult *res, const char *errmsg, const char *
 {
     struct api_req *r = arg;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
-        return;
-    }
     long limit = (long)(intptr_t)r->state;
     r->state = NULL;
-    cJSON *items = cJSON_Parse(PQgetvalue(res, 0, 0));
-    int n = cJSON_GetArraySize(items);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *last = n > 0 ? cJSON_GetArrayItem(items, n - 1) : NULL;
-    cJSON_AddItemToObject(root, "campaigns", items ? items : cJSON_CreateArray());
-    if (last && n == limit) {
-        char cur[24];
-        snprintf(cur, sizeof(cur), "%.0f", cJSON_GetObjectItem(last, "id")->valuedouble);
-        cJSON_AddStringToObject(root, "next_cursor", cur);
-    } else {
-        cJSON_AddNullToObject(root, "next_cursor");
-    }
-    http_reply_json(r, 200, root);
+    http_reply_page(r, res, errmsg, "campaigns", limit);
 }
 
 void campaigns_list(struct api_req *r)

@@ -193,3 +193,26 @@ void http_reply_no_content(struct api_req *r)
     evhttp_send_reply(r->req, 204, "No Content", NULL);
     http_request_free(r);
 }
+
+void http_reply_page(struct api_req *r, PGresult *res, const char *errmsg, const char *key,
+                     long limit)
+{
+    if (!res) {
+        http_reply_dependency(r, "postgres", errmsg);
+        return;
+    }
+    cJSON *items = cJSON_Parse(PQgetvalue(res, 0, 0));
+    int n = cJSON_GetArraySize(items);
+    cJSON *last = n > 0 ? cJSON_GetArrayItem(items, n - 1) : NULL;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddItemToObject(root, key, items ? items : cJSON_CreateArray());
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(last, "id");
+    if (cJSON_IsNumber(id) && n == limit) {
+        char cur[24];
+        snprintf(cur, sizeof(cur), "%.0f", id->valuedouble);
+        cJSON_AddStringToObject(root, "next_cursor", cur);
+    } else {
+        cJSON_AddNullToObject(root, "next_cursor");
+    }
+    http_reply_json(r, 200, root);
+}
