@@ -10,9 +10,12 @@
  * customer has an address for the channel, is not opted out of it, and the
  * address is not in suppressions for that tenant and channel.
  *
- * Criteria, flat form (all keys ANDed): see seg_fields in segment.c.
- * Tree form: {"all": [...]} | {"any": [...]} | {"not": X} whose leaves are
- * {"field": F, "op": OP, "value": V} or flat objects. */
+ * Criteria, flat form (all keys ANDed) and tree form ({"all": [...]} |
+ * {"any": [...]} | {"not": X} whose leaves are {"field": F, "op": OP,
+ * "value": V} or flat objects): the table at the top of segment.c gives
+ * every criterion's ops, values and exact semantics (whole days, "latest"
+ * rows, NULLs, the interaction scope set by channel / direction /
+ * metadata_key). The shipped templates are in segment_templates.h. */
 #ifndef CRIER_SEGMENT_H
 #define CRIER_SEGMENT_H
 

@@ -17,9 +17,49 @@
     "c.email IS NOT NULL AND NOT c.email_opt_out AND " NOT_SUPPRESSED("email", "lower(c.email)")
 #define REACH_VOICE                                                                                \
     "c.phone IS NOT NULL AND NOT c.voice_opt_out AND " NOT_SUPPRESSED("voice", "c.phone")
-#define HAS_APPT                                                                                   \
-    "EXISTS (SELECT 1 FROM appointments a WHERE a.tenant_id = c.tenant_id AND a.customer_id = "    \
-    "c.id)"
+/* The customer's rows of interactions / appointments. */
+#define IX "SELECT 1 FROM interactions i WHERE i.tenant_id = c.tenant_id AND i.customer_id = c.id"
+#define AP "SELECT 1 FROM appointments a WHERE a.tenant_id = c.tenant_id AND a.customer_id = c.id"
+#define HAS_APPT "EXISTS (" AP ")"
+/* now() - $n days and now() - ($n + 1) days. */
+#define CUT(n) "now() - make_interval(days => $" n "::int)"
+#define CUT1(n) "now() - make_interval(days => $" n "::int + 1)"
+/* "Days since" on a customers column combined with a table:
+ * gte: nothing newer than N days; lte: something newer than N+1 days. */
+#define COMBINED_GTE(col, rows, ts, n)                                                             \
+    "((c." col " IS NULL OR c." col " <= " CUT(n) ") AND NOT EXISTS (" rows " AND " ts             \
+                                                  " > " CUT(n) "))"
+#define COMBINED_LTE(col, keyed, n)                                                                \
+    "EXISTS (SELECT 1 FROM (" keyed                                                                \
+    " > " CUT1(n) " UNION ALL SELECT x.tenant_id, x.id FROM "                                      \
+                  "customers x WHERE x." col                                                       \
+                  " > " CUT1(n) ") u WHERE u.tenant_id = c.tenant_id AND "                         \
+                                "u.customer_id = c.id)"
+#define IX_KEYED "SELECT i.tenant_id, i.customer_id FROM interactions i WHERE i.occurred_at"
+#define AP_KEYED "SELECT a.tenant_id, a.customer_id FROM appointments a WHERE a.scheduled_at"
+#define CONTACT_GTE(n) COMBINED_GTE("last_contact_at", IX, "i.occurred_at", n)
+#define CONTACT_LTE(n) COMBINED_LTE("last_contact_at", IX_KEYED, n)
+#define APPT_GTE(n) COMBINED_GTE("last_appointment_at", AP, "a.scheduled_at", n)
+#define APPT_LTE(n) COMBINED_LTE("last_appointment_at", AP_KEYED, n)
+/* Interaction scope restrictions. */
+#define CH(a, n) " AND " a ".channel = ANY($" n "::text[])"
+#define DIR(a, n) " AND " a ".direction = ANY($" n "::text[])"
+#define KEY(a, n) " AND " a ".metadata ?| $" n "::text[]"
+/* The latest in-scope interaction with a non-NULL col satisfies pred. */
+#define LATEST(scope_i, pred, scope_j, col)                                                        \
+    "EXISTS (" IX scope_i " AND " pred " AND NOT EXISTS (SELECT 1 FROM interactions j WHERE "      \
+    "j.tenant_id = i.tenant_id AND j.customer_id = i.customer_id" scope_j " AND j." col " IS NOT " \
+    "NULL AND (j.occurred_at, j.id) > (i.occurred_at, i.id)))"
+/* The latest appointment's status matches cmp. */
+#define LAST_STATUS(cmp)                                                                           \
+    "EXISTS (" AP " AND a.status = " cmp " AND NOT EXISTS (SELECT 1 FROM appointments b WHERE "    \
+    "b.tenant_id = a.tenant_id AND b.customer_id = a.customer_id AND (b.scheduled_at, b.id) > "    \
+    "(a.scheduled_at, a.id)))"
+/* The appointment groups whose count compares so with $n. */
+#define GROUPS(cmp, n)                                                                             \
+    "EXISTS (SELECT 1 FROM (SELECT a.tenant_id, a.customer_id FROM appointments a GROUP BY "       \
+    "a.tenant_id, a.customer_id HAVING count(*) " cmp " $" n "::int) g WHERE g.tenant_id = "       \
+    "c.tenant_id AND g.customer_id = c.id)"
 
 struct result {
     enum cr_err err;
@@ -94,12 +134,12 @@ static void test_empty(void)
 
 static void test_flat(void)
 {
-    CHECK_SQL("{\"has_phone\": true, \"days_since_last_contact\": 30, \"tags\": [\"vip\", "
-              "\"gold\"]}",
-              SEG_CHANNEL_SMS, 2,
-              "(c.phone IS NOT NULL AND (c.last_contact_at IS NULL OR c.last_contact_at <= now() - "
-              "make_interval(days => $2::int)) AND c.tags @> $3::text[]) AND " REACH_SMS,
-              "30", "{\"vip\",\"gold\"}", NULL);
+    CHECK_SQL(
+        "{\"has_phone\": true, \"days_since_last_contact\": 30, \"tags\": [\"vip\", "
+        "\"gold\"]}",
+        SEG_CHANNEL_SMS, 2,
+        "(c.phone IS NOT NULL AND " CONTACT_GTE("2") " AND c.tags @> $3::text[]) AND " REACH_SMS,
+        "30", "{\"vip\",\"gold\"}", NULL);
 
     CHECK_SQL("{\"has_email\": false, \"has_phone\": false}", SEG_CHANNEL_VOICE, 1,
               "(c.email IS NULL AND c.phone IS NULL) AND " REACH_VOICE, NULL);
@@ -111,42 +151,57 @@ static void test_flat(void)
               "(c.tags && $4::text[] AND c.timezone = $5::text) AND " REACH_SMS, "{\"a\",\"b\"}",
               "Europe/Paris", NULL);
     CHECK_SQL("{\"days_since_last_appointment\": 0}", SEG_CHANNEL_SMS, 2,
-              "(c.last_appointment_at IS NULL OR c.last_appointment_at <= now() - "
-              "make_interval(days => $2::int)) AND " REACH_SMS,
-              "0", NULL);
+              APPT_GTE("2") " AND " REACH_SMS, "0", NULL);
     /* A lone string is a one-element array; an empty array is allowed. */
     CHECK_SQL("{\"tags\": \"vip\", \"tags_any\": []}", SEG_CHANNEL_SMS, 2,
               "(c.tags @> $2::text[] AND c.tags && $3::text[]) AND " REACH_SMS, "{\"vip\"}", "{}",
               NULL);
 }
 
+/* "Days since" in whole days: gte N = nothing newer than N days (or
+ * nothing at all); lte N = something newer than N+1 days; eq N = both. The
+ * last contact is c.last_contact_at or any interaction; the last
+ * appointment c.last_appointment_at or any appointment row. */
 static void test_days_ops(void)
 {
     CHECK_SQL("{\"field\": \"days_since_last_contact\", \"op\": \"gte\", \"value\": 14}",
-              SEG_CHANNEL_SMS, 2,
-              "(c.last_contact_at IS NULL OR c.last_contact_at <= now() - make_interval(days => "
-              "$2::int)) AND " REACH_SMS,
-              "14", NULL);
+              SEG_CHANNEL_SMS, 2, CONTACT_GTE("2") " AND " REACH_SMS, "14", NULL);
     CHECK_SQL("{\"field\": \"days_since_last_contact\", \"op\": \"lte\", \"value\": 14}",
-              SEG_CHANNEL_SMS, 2,
-              "(c.last_contact_at IS NOT NULL AND c.last_contact_at >= now() - "
-              "make_interval(days => $2::int)) AND " REACH_SMS,
-              "14", NULL);
+              SEG_CHANNEL_SMS, 2, CONTACT_LTE("2") " AND " REACH_SMS, "14", NULL);
     CHECK_SQL("{\"field\": \"days_since_last_contact\", \"op\": \"eq\", \"value\": 14}",
-              SEG_CHANNEL_SMS, 2,
-              "(c.last_contact_at IS NOT NULL AND c.last_contact_at <= now() - "
-              "make_interval(days => $2::int) AND c.last_contact_at > now() - "
-              "make_interval(days => $2::int + 1)) AND " REACH_SMS,
+              SEG_CHANNEL_SMS, 2, "(" CONTACT_GTE("2") " AND " CONTACT_LTE("2") ") AND " REACH_SMS,
               "14", NULL);
     /* op omitted: the criterion's default (gte). 1e2 is an integer. */
     CHECK_SQL("{\"field\": \"days_since_last_appointment\", \"value\": 1e2}", SEG_CHANNEL_SMS, 2,
-              "(c.last_appointment_at IS NULL OR c.last_appointment_at <= now() - "
-              "make_interval(days => $2::int)) AND " REACH_SMS,
-              "100", NULL);
+              APPT_GTE("2") " AND " REACH_SMS, "100", NULL);
+    CHECK_SQL("{\"field\": \"days_since_last_appointment\", \"op\": \"lte\", \"value\": 0}",
+              SEG_CHANNEL_VOICE, 3, APPT_LTE("3") " AND " REACH_VOICE, "0", NULL);
+    CHECK_SQL("{\"field\": \"days_since_last_appointment\", \"op\": \"eq\", \"value\": 30}",
+              SEG_CHANNEL_SMS, 2, "(" APPT_GTE("2") " AND " APPT_LTE("2") ") AND " REACH_SMS, "30",
+              NULL);
     CHECK_SQL("{\"days_since_last_contact\": 100000}", SEG_CHANNEL_SMS, 2,
-              "(c.last_contact_at IS NULL OR c.last_contact_at <= now() - make_interval(days => "
-              "$2::int)) AND " REACH_SMS,
-              "100000", NULL);
+              CONTACT_GTE("2") " AND " REACH_SMS, "100000", NULL);
+
+    /* Interactions in scope (here: all of them). */
+    CHECK_SQL("{\"days_since_last_interaction\": 7}", SEG_CHANNEL_SMS, 2,
+              "NOT EXISTS (" IX " AND i.occurred_at > " CUT("2") ") AND " REACH_SMS, "7", NULL);
+    CHECK_SQL("{\"field\": \"days_since_last_interaction\", \"op\": \"lte\", \"value\": 7}",
+              SEG_CHANNEL_SMS, 2,
+              "EXISTS (" IX " AND i.occurred_at > " CUT1("2") ") AND " REACH_SMS, "7", NULL);
+    CHECK_SQL("{\"field\": \"days_since_last_interaction\", \"op\": \"eq\", \"value\": 7}",
+              SEG_CHANNEL_SMS, 2,
+              "(NOT EXISTS (" IX " AND i.occurred_at > " CUT(
+                  "2") ") AND EXISTS (" IX " AND i.occurred_at > " CUT1("2") ")) AND " REACH_SMS,
+              "7", NULL);
+    /* A visit is a web interaction unless a channel or metadata key scopes it. */
+    CHECK_SQL("{\"days_since_visit\": 3}", SEG_CHANNEL_SMS, 2,
+              "NOT EXISTS (" IX
+              " AND i.channel = 'web' AND i.occurred_at > " CUT("2") ") AND " REACH_SMS,
+              "3", NULL);
+    CHECK_SQL(
+        "{\"field\": \"days_since_visit\", \"op\": \"lte\", \"value\": 3}", SEG_CHANNEL_SMS, 2,
+        "EXISTS (" IX " AND i.channel = 'web' AND i.occurred_at > " CUT1("2") ") AND " REACH_SMS,
+        "3", NULL);
 }
 
 static void test_tree(void)
@@ -155,9 +210,7 @@ static void test_tree(void)
               "7}, {\"all\": [{\"field\": \"tags\", \"op\": \"in\", \"value\": [\"a\", \"b\"]}, "
               "{\"not\": {\"has_appointment\": true}}]}]}",
               SEG_CHANNEL_EMAIL, 5,
-              "((c.last_appointment_at IS NOT NULL AND c.last_appointment_at >= now() - "
-              "make_interval(days => $5::int)) OR (c.tags && $6::text[] AND NOT " HAS_APPT
-              ")) AND " REACH_EMAIL,
+              "(" APPT_LTE("5") " OR (c.tags && $6::text[] AND NOT " HAS_APPT ")) AND " REACH_EMAIL,
               "7", "{\"a\",\"b\"}", NULL);
 
     /* Flat members and combinators mix in one object (ANDed); a
@@ -217,6 +270,268 @@ static void test_attribute(void)
               "{\"a\":\"1\"}", "b", NULL);
 }
 
+/* An array given to a criterion whose default takes one string selects its
+ * "in" form, in the flat form and in a leaf without "op". */
+static void test_flat_arrays(void)
+{
+    CHECK_SQL("{\"timezone\": [\"UTC\", \"Asia/Tokyo\"]}", SEG_CHANNEL_SMS, 2,
+              "c.timezone = ANY($2::text[]) AND " REACH_SMS, "{\"UTC\",\"Asia/Tokyo\"}", NULL);
+    CHECK_SQL("{\"field\": \"timezone\", \"value\": [\"UTC\"]}", SEG_CHANNEL_SMS, 2,
+              "c.timezone = ANY($2::text[]) AND " REACH_SMS, "{\"UTC\"}", NULL);
+    /* An explicit op wins: eq with an array is a type error. */
+    CHECK_FAILS("{\"field\": \"timezone\", \"op\": \"eq\", \"value\": [\"UTC\"]}", "timezone",
+                "timezone must be a non-empty string");
+}
+
+/* channel / direction / metadata_key: some interaction (in scope) has it. */
+static void test_interaction_exists(void)
+{
+    CHECK_SQL("{\"channel\": \"sms\"}", SEG_CHANNEL_EMAIL, 2,
+              "EXISTS (" IX CH("i", "2") ") AND " REACH_EMAIL, "{\"sms\"}", NULL);
+    CHECK_SQL("{\"channel\": [\"voice\", \"web\", \"in_person\"]}", SEG_CHANNEL_SMS, 2,
+              "EXISTS (" IX CH("i", "2") ") AND " REACH_SMS, "{\"voice\",\"web\",\"in_person\"}",
+              NULL);
+    CHECK_SQL("{\"field\": \"channel\", \"op\": \"in\", \"value\": [\"email\"]}", SEG_CHANNEL_SMS,
+              2, "EXISTS (" IX CH("i", "2") ") AND " REACH_SMS, "{\"email\"}", NULL);
+    CHECK_SQL("{\"field\": \"channel\", \"op\": \"in\", \"value\": []}", SEG_CHANNEL_SMS, 2,
+              "EXISTS (" IX CH("i", "2") ") AND " REACH_SMS, "{}", NULL);
+    CHECK_SQL("{\"direction\": \"inbound\"}", SEG_CHANNEL_SMS, 2,
+              "EXISTS (" IX DIR("i", "2") ") AND " REACH_SMS, "{\"inbound\"}", NULL);
+    CHECK_SQL("{\"metadata_key\": \"visited_booking_page\"}", SEG_CHANNEL_SMS, 2,
+              "EXISTS (" IX KEY("i", "2") ") AND " REACH_SMS, "{\"visited_booking_page\"}", NULL);
+    CHECK_SQL("{\"field\": \"metadata_key\", \"op\": \"in\", \"value\": [\"a b\", \"c,\\\"d\"]}",
+              SEG_CHANNEL_SMS, 2, "EXISTS (" IX KEY("i", "2") ") AND " REACH_SMS,
+              "{\"a b\",\"c,\\\"d\"}", NULL);
+}
+
+/* booking_intent / satisfaction: the latest in-scope interaction that has a
+ * value (no later one with a value). */
+static void test_latest(void)
+{
+    CHECK_SQL("{\"booking_intent\": true}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+    CHECK_SQL("{\"booking_intent\": false}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "NOT i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+    CHECK_SQL("{\"min_satisfaction\": 4}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "4",
+              NULL);
+    CHECK_SQL("{\"max_satisfaction\": 2}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.satisfaction <= $2::int", "", "satisfaction") " AND " REACH_SMS, "2",
+              NULL);
+    CHECK_SQL("{\"satisfaction\": 5}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "5",
+              NULL);
+    CHECK_SQL("{\"field\": \"satisfaction\", \"op\": \"eq\", \"value\": 3}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.satisfaction = $2::int", "", "satisfaction") " AND " REACH_SMS, "3",
+              NULL);
+    CHECK_SQL("{\"field\": \"satisfaction\", \"op\": \"lte\", \"value\": 1}", SEG_CHANNEL_SMS, 2,
+              LATEST("", "i.satisfaction <= $2::int", "", "satisfaction") " AND " REACH_SMS, "1",
+              NULL);
+    CHECK_SQL("{\"field\": \"min_satisfaction\", \"op\": \"gte\", \"value\": 1}", SEG_CHANNEL_SMS,
+              2, LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "1",
+              NULL);
+    /* "not" of a latest-value condition is exact: the EXISTS is two-valued. */
+    CHECK_SQL("{\"not\": {\"booking_intent\": true}}", SEG_CHANNEL_SMS, 2,
+              "NOT " LATEST("", "i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+}
+
+/* The interaction scope: a channel / direction / metadata_key condition
+ * narrows the interaction criteria ANDed beside it, and shares its
+ * parameter with them. */
+static void test_scope(void)
+{
+    /* Flat members, in any order: the scope's parameter comes first. */
+    CHECK_SQL("{\"booking_intent\": true, \"channel\": \"sms\", \"days_since_last_interaction\": "
+              "7}",
+              SEG_CHANNEL_SMS, 2,
+              "(" LATEST(CH("i", "2"), "i.booking_intent", CH("j", "2"),
+                         "booking_intent") " AND EXISTS (" IX CH("i", "2") ") AND NOT EXISTS (" IX
+                  CH("i", "2") " AND i.occurred_at > " CUT("3") ")) AND " REACH_SMS,
+              "{\"sms\"}", "7", NULL);
+    /* In an "all" list, as a leaf or as a one-member object. */
+    CHECK_SQL("{\"all\": [{\"field\": \"days_since_visit\", \"op\": \"lte\", \"value\": 3}, "
+              "{\"field\": \"metadata_key\", \"value\": \"k\"}]}",
+              SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX KEY("i", "2") " AND i.occurred_at > " CUT1(
+                  "3") ") AND EXISTS (" IX KEY("i", "2") ")) AND " REACH_SMS,
+              "{\"k\"}", "3", NULL);
+    CHECK_SQL("{\"all\": [{\"channel\": \"voice\"}, {\"min_satisfaction\": 4}]}", SEG_CHANNEL_SMS,
+              2,
+              "(EXISTS (" IX CH("i", "2") ") AND " LATEST(CH("i", "2"), "i.satisfaction >= $3::int",
+                                                          CH("j", "2"),
+                                                          "satisfaction") ") AND " REACH_SMS,
+              "{\"voice\"}", "4", NULL);
+    /* ...but a member of a bigger object scopes only that object. */
+    CHECK_SQL("{\"all\": [{\"channel\": \"voice\", \"tags\": [\"a\"]}, {\"min_satisfaction\": 4}]}",
+              SEG_CHANNEL_SMS, 2,
+              "((EXISTS (" IX CH("i", "2") ") AND c.tags @> $3::text[]) AND " LATEST(
+                  "", "i.satisfaction >= $4::int", "", "satisfaction") ") AND " REACH_SMS,
+              "{\"voice\"}", "{\"a\"}", "4", NULL);
+    /* Visits with a channel scope are that channel's interactions. */
+    CHECK_SQL("{\"channel\": \"in_person\", \"days_since_visit\": 10}", SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") AND NOT EXISTS (" IX CH(
+                  "i", "2") " AND i.occurred_at > " CUT("3") ")) AND " REACH_SMS,
+              "{\"in_person\"}", "10", NULL);
+    /* Inherited by nested levels; an inner channel replaces the outer one. */
+    CHECK_SQL("{\"channel\": \"sms\", \"any\": [{\"booking_intent\": true}, {\"channel\": "
+              "\"voice\", \"max_satisfaction\": 2}]}",
+              SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") AND (" LATEST(
+                  CH("i", "2"), "i.booking_intent", CH("j", "2"),
+                  "booking_intent") " OR "
+                                    "(EXISTS (" IX CH("i", "3") ") AND " LATEST(
+                                        CH("i", "3"), "i.satisfaction <= $4::int", CH("j", "3"),
+                                        "satisfaction") "))) AND " REACH_SMS,
+              "{\"sms\"}", "{\"voice\"}", "2", NULL);
+    /* "any" elements do not scope each other... */
+    CHECK_SQL("{\"any\": [{\"channel\": \"sms\"}, {\"booking_intent\": true}]}", SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") OR " LATEST("", "i.booking_intent", "",
+                                                         "booking_intent") ") AND " REACH_SMS,
+              "{\"sms\"}", NULL);
+    /* ...nor does a condition under "not" scope its siblings. */
+    CHECK_SQL("{\"not\": {\"channel\": \"sms\"}, \"booking_intent\": true}", SEG_CHANNEL_SMS, 2,
+              "(NOT EXISTS (" IX CH("i", "2") ") AND " LATEST("", "i.booking_intent", "",
+                                                              "booking_intent") ") AND " REACH_SMS,
+              "{\"sms\"}", NULL);
+    /* The three kinds together; each source is scoped by the other two. */
+    CHECK_SQL("{\"metadata_key\": \"k\", \"direction\": \"inbound\", \"channel\": \"web\", "
+              "\"booking_intent\": false}",
+              SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "4") DIR("i", "3")
+                  KEY("i", "2") ") AND EXISTS (" IX CH("i", "4") DIR("i", "3")
+                      KEY("i", "2") ") AND EXISTS (" IX CH("i", "4") DIR("i", "3")
+                          KEY("i", "2") ") AND " LATEST(CH("i", "4") DIR("i", "3") KEY("i", "2"),
+                                                        "NOT i.booking_intent",
+                                                        CH("j", "4") DIR("j", "3") KEY("j", "2"),
+                                                        "booking_intent") ") AND " REACH_SMS,
+              "{\"k\"}", "{\"inbound\"}", "{\"web\"}", NULL);
+    /* days_since_last_contact is never scoped. */
+    CHECK_SQL("{\"channel\": \"voice\", \"days_since_last_contact\": 5}", SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") AND " CONTACT_GTE("3") ") AND " REACH_SMS,
+              "{\"voice\"}", "5", NULL);
+    /* A channel in a nested "all" scopes only that list. */
+    CHECK_SQL("{\"all\": [{\"all\": [{\"channel\": \"sms\"}]}, {\"booking_intent\": true}]}",
+              SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") AND " LATEST("", "i.booking_intent", "",
+                                                          "booking_intent") ") AND " REACH_SMS,
+              "{\"sms\"}", NULL);
+    /* Two of a kind at one level: an error naming it. */
+    CHECK_FAILS("{\"all\": [{\"channel\": \"sms\"}, {\"field\": \"channel\", \"value\": "
+                "\"voice\"}]}",
+                "channel",
+                "channel is given twice at one level (use op \"in\" for several values)");
+    CHECK_FAILS("{\"all\": [{\"field\": \"direction\", \"value\": \"inbound\"}, {\"direction\": "
+                "\"outbound\"}, {\"booking_intent\": true}]}",
+                "direction", NULL);
+    /* Scope conditions are checked before their siblings compile. */
+    CHECK_FAILS("{\"all\": [{\"field\": \"channel\", \"value\": 5}]}", "channel",
+                "channel must be a non-empty string");
+}
+
+/* last_appointment_status and appointment counts. */
+static void test_appointments(void)
+{
+    CHECK_SQL("{\"last_appointment_status\": \"cancelled\"}", SEG_CHANNEL_SMS, 2,
+              LAST_STATUS("$2::text") " AND " REACH_SMS, "cancelled", NULL);
+    CHECK_SQL("{\"last_appointment_status\": [\"no_show\", \"cancelled\"]}", SEG_CHANNEL_SMS, 2,
+              LAST_STATUS("ANY($2::text[])") " AND " REACH_SMS, "{\"no_show\",\"cancelled\"}",
+              NULL);
+    CHECK_SQL("{\"field\": \"last_appointment_status\", \"op\": \"in\", \"value\": "
+              "[\"scheduled\", \"completed\"]}",
+              SEG_CHANNEL_EMAIL, 3, LAST_STATUS("ANY($3::text[])") " AND " REACH_EMAIL,
+              "{\"scheduled\",\"completed\"}", NULL);
+
+    CHECK_SQL("{\"appointment_count_min\": 2}", SEG_CHANNEL_SMS, 2,
+              GROUPS(">=", "2") " AND " REACH_SMS, "2", NULL);
+    CHECK_SQL("{\"appointment_count_max\": 1}", SEG_CHANNEL_SMS, 2,
+              "NOT " GROUPS(">", "2") " AND " REACH_SMS, "1", NULL);
+    CHECK_SQL("{\"appointment_count_max\": 0}", SEG_CHANNEL_SMS, 2,
+              "NOT " GROUPS(">", "2") " AND " REACH_SMS, "0", NULL);
+    CHECK_SQL("{\"appointment_count\": 3}", SEG_CHANNEL_SMS, 2, GROUPS(">=", "2") " AND " REACH_SMS,
+              "3", NULL);
+    CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"eq\", \"value\": 1}", SEG_CHANNEL_SMS,
+              2, GROUPS("=", "2") " AND " REACH_SMS, "1", NULL);
+    CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"eq\", \"value\": 0}", SEG_CHANNEL_SMS,
+              2, "NOT " GROUPS(">", "2") " AND " REACH_SMS, "0", NULL);
+    CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"lte\", \"value\": 1000000}",
+              SEG_CHANNEL_SMS, 2, "NOT " GROUPS(">", "2") " AND " REACH_SMS, "1000000", NULL);
+    /* "at least 0" is everyone, and uses no parameter (PostgreSQL cannot
+     * type an unused one). */
+    CHECK_SQL("{\"appointment_count_min\": 0, \"tags\": [\"a\"]}", SEG_CHANNEL_SMS, 2,
+              "(TRUE AND c.tags @> $2::text[]) AND " REACH_SMS, "{\"a\"}", NULL);
+    CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"gte\", \"value\": 0}", SEG_CHANNEL_SMS,
+              2, "TRUE AND " REACH_SMS, NULL);
+}
+
+/* Type and value errors of the newer criteria name the field, and never
+ * echo the value. */
+static void test_errors_more(void)
+{
+    static const char chans[] = "channel must be one of sms, email, voice, web, in_person";
+    CHECK_FAILS("{\"channel\": \"fax\"}", "channel", chans);
+    CHECK_FAILS("{\"channel\": \"SMS\"}", "channel", chans);
+    CHECK_FAILS("{\"channel\": [\"sms\", \"fax\"]}", "channel", chans);
+    CHECK_FAILS("{\"field\": \"channel\", \"op\": \"in\", \"value\": \"fax\"}", "channel", chans);
+    CHECK_FAILS("{\"channel\": \"\"}", "channel", "channel must be a non-empty string");
+    CHECK_FAILS("{\"channel\": 1}", "channel", "channel must be a non-empty string");
+    CHECK_FAILS("{\"channel\": [1]}", "channel", "channel must be an array of strings");
+    CHECK_FAILS("{\"channel\": \"x'); DROP TABLE customers; --\"}", "channel", chans);
+    CHECK_FAILS("{\"field\": \"channel\", \"op\": \"gte\", \"value\": \"sms\"}", "op",
+                "op \"gte\" is not supported for channel (supported: eq, in)");
+    CHECK_FAILS("{\"direction\": \"both\"}", "direction",
+                "direction must be one of inbound, outbound");
+    CHECK_FAILS("{\"metadata_key\": \"\"}", "metadata_key",
+                "metadata_key must be a non-empty string");
+    CHECK_FAILS("{\"metadata_key\": [true]}", "metadata_key",
+                "metadata_key must be an array of strings");
+    CHECK_FAILS("{\"metadata_key\": \"\xc3\x28\"}", "metadata_key", NULL);
+    CHECK_FAILS("{\"booking_intent\": \"yes\"}", "booking_intent",
+                "booking_intent must be true or false");
+    CHECK_FAILS("{\"booking_intent\": null}", "booking_intent", NULL);
+    CHECK_FAILS("{\"field\": \"booking_intent\", \"op\": \"in\", \"value\": [true]}", "op",
+                "op \"in\" is not supported for booking_intent (supported: eq)");
+
+    static const char *const scores[] = {"min_satisfaction", "max_satisfaction", "satisfaction"};
+    for (size_t i = 0; i < sizeof(scores) / sizeof(scores[0]); i++) {
+        static const char *const bad[] = {"0", "6", "4.5", "-1", "\"4\"", "null", "1e9", "[4]"};
+        for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
+            char json[96], msg[96];
+            snprintf(json, sizeof(json), "{\"%s\": %s}", scores[i], bad[j]);
+            snprintf(msg, sizeof(msg), "%s must be an integer from 1 to 5", scores[i]);
+            CHECK_FAILS(json, scores[i], msg);
+        }
+    }
+    CHECK_FAILS("{\"field\": \"satisfaction\", \"op\": \"in\", \"value\": [4]}", "op",
+                "op \"in\" is not supported for satisfaction (supported: gte, lte, eq)");
+    CHECK_FAILS("{\"field\": \"max_satisfaction\", \"op\": \"gte\", \"value\": 4}", "op",
+                "op \"gte\" is not supported for max_satisfaction (supported: lte)");
+
+    static const char statuses[] =
+        "last_appointment_status must be one of scheduled, completed, cancelled, no_show";
+    CHECK_FAILS("{\"last_appointment_status\": \"canceled\"}", "last_appointment_status", statuses);
+    CHECK_FAILS("{\"last_appointment_status\": [\"cancelled\", \"Completed\"]}",
+                "last_appointment_status", statuses);
+    CHECK_FAILS("{\"last_appointment_status\": true}", "last_appointment_status", NULL);
+
+    CHECK_FAILS("{\"appointment_count_min\": -1}", "appointment_count_min",
+                "appointment_count_min must be a non-negative integer");
+    CHECK_FAILS("{\"appointment_count_max\": 1.5}", "appointment_count_max",
+                "appointment_count_max must be a non-negative integer");
+    CHECK_FAILS("{\"appointment_count_max\": 1000001}", "appointment_count_max",
+                "appointment_count_max must be at most 1000000");
+    CHECK_FAILS("{\"appointment_count\": \"2\"}", "appointment_count", NULL);
+    CHECK_FAILS("{\"field\": \"appointment_count_min\", \"op\": \"lte\", \"value\": 1}", "op",
+                "op \"lte\" is not supported for appointment_count_min (supported: gte)");
+    CHECK_FAILS("{\"days_since_visit\": -2}", "days_since_visit",
+                "days_since_visit must be a non-negative integer");
+    CHECK_FAILS("{\"days_since_last_interaction\": \"7\"}", "days_since_last_interaction", NULL);
+    /* Deep in a tree, in a scope condition: the field is still named. */
+    CHECK_FAILS("{\"any\": [{\"has_phone\": true}, {\"all\": [{\"field\": \"channel\", \"value\": "
+                "\"fax\"}, {\"booking_intent\": true}]}]}",
+                "channel", chans);
+    CHECK_FAILS("{\"not\": {\"channel\": \"sms\", \"satisfaction\": 9}}", "satisfaction", NULL);
+}
+
 static void test_errors(void)
 {
     CHECK_FAILS("[]", "criteria", "criteria must be a JSON object");
@@ -244,7 +559,8 @@ static void test_errors(void)
     CHECK_FAILS("{\"tags\": [\"\xed\xa0\x80\"]}", "tags", NULL); /* UTF-8 encoded surrogate */
     CHECK_FAILS("{\"tags\": [\"\xc0\xaf\"]}", "tags", NULL);     /* overlong "/" */
     CHECK_FAILS("{\"timezone\": \"\"}", "timezone", "timezone must be a non-empty string");
-    CHECK_FAILS("{\"timezone\": [\"UTC\"]}", "timezone", "timezone must be a non-empty string");
+    /* An array picks the "in" form of a one-string criterion. */
+    CHECK_FAILS("{\"timezone\": [\"UTC\", 3]}", "timezone", "timezone must be an array of strings");
 
     /* Tree leaves. */
     CHECK_FAILS("{\"field\": \"tags\", \"op\": \"gte\", \"value\": [\"a\"]}", "op",
@@ -370,6 +686,20 @@ static void test_no_values_in_sql(void)
         cJSON_AddStringToObject(attr, "key", v);
         cJSON_AddTrueToObject(attr, "exists");
         cJSON_AddItemToArray(all, o);
+        /* metadata_key, flat and as an "in" leaf (under "any": two
+         * metadata_key conditions at one level would be an error). */
+        cJSON *any = cJSON_CreateArray();
+        o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "metadata_key", v);
+        cJSON_AddItemToArray(any, o);
+        o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "field", "metadata_key");
+        cJSON_AddStringToObject(o, "op", "in");
+        cJSON_AddItemToObject(o, "value", cJSON_CreateStringArray(&v, 1));
+        cJSON_AddItemToArray(any, o);
+        o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "any", any);
+        cJSON_AddItemToArray(all, o);
 
         for (int ch = SEG_CHANNEL_SMS; ch <= SEG_CHANNEL_VOICE; ch++) {
             struct seg_query q;
@@ -383,12 +713,12 @@ static void test_no_values_in_sql(void)
             CHECK(strstr(sql, "pg_sleep") == NULL);
             CHECK(strstr(sql, "$1") == NULL); /* $1 is the caller's tenant id */
             CHECK(strstr(sql, "\"") == NULL);
-            CHECK(q.nparams == 6);
+            CHECK(q.nparams == 8);
             /* ...but each value did travel, as a parameter. */
             int carried = 0;
             for (int p = 0; p < q.nparams; p++)
                 carried += strstr(q.params[p], v) != NULL || strcmp(q.params[p], v) == 0;
-            CHECK(carried == 6 || (strpbrk(v, "\"\\") && carried >= 2));
+            CHECK(carried == 8 || (strpbrk(v, "\"\\") && carried >= 2));
             seg_query_cleanup(&q);
         }
         cJSON_Delete(root);
@@ -487,6 +817,16 @@ static void test_limits(void)
     seg_query_cleanup(&r.q);
     free(j);
 
+    /* The generated SQL has a size limit: 250 latest-value conditions
+     * (about 300 bytes each) exceed 64 KiB. */
+    j = repeated("{\"booking_intent\": true}", 250);
+    compile(j, SEG_CHANNEL_SMS, 2, &r);
+    CHECK(r.err == CR_EINVAL);
+    CHECK_STR(r.field, "criteria");
+    CHECK_STR(r.msg, "criteria are too large (at most 65536 bytes of SQL)");
+    seg_query_cleanup(&r.q);
+    free(j);
+
     /* One oversized array parameter. */
     static char big[70000 + 32];
     memcpy(big, "{\"tags\": [\"", 11);
@@ -528,7 +868,13 @@ int main(void)
     RUN(test_tree);
     RUN(test_array_escaping);
     RUN(test_attribute);
+    RUN(test_flat_arrays);
+    RUN(test_interaction_exists);
+    RUN(test_latest);
+    RUN(test_scope);
+    RUN(test_appointments);
     RUN(test_errors);
+    RUN(test_errors_more);
     RUN(test_no_values_in_sql);
     RUN(test_depth);
     RUN(test_limits);
