@@ -328,8 +328,8 @@ enum cr_err start_scheduled(struct disp *d)
     if (err)
         return err;
     for (int i = 0; i < PQntuples(res); i++)
-        log_info("campaign %s (tenant %s): scheduled time reached; running",
-                 PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        log_info("campaign %s (tenant %s): scheduled time reached; running", PQgetvalue(res, i, 0),
+                 PQgetvalue(res, i, 1));
     PQclear(res);
     return CR_OK;
 }
