@@ -18,7 +18,6 @@
 /* Limits on what clients send (bytes). */
 #define API_MAX_JSON_BODY (1L << 20)    /* ordinary JSON requests */
 #define API_MAX_IMPORT_BODY (64L << 20) /* NDJSON/CSV imports */
-#define API_IMPORT_BATCH 1000           /* rows per upsert statement */
 #define API_IMPORT_MAX_ERRORS 100       /* per-line errors reported */
 
 struct api_config {

@@ -148,9 +148,11 @@ int main(int argc, char **argv)
 
     event_base_dispatch(app.base);
 
+    /* The pool first: its pending callbacks answer their requests, which
+     * must still be alive; then the server frees its connections. */
+    pgpool_free(app.pg);
     evhttp_free(app.http);
     redis_link_stop(&app);
-    pgpool_free(app.pg);
     auth_cache_free(app.auth);
     tzdb_free(app.tzdb);
     if (app.drain_timer)

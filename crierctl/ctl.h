@@ -7,6 +7,8 @@
 struct ctl_config {
     char *database_url;
     char *secret_key;
+    char *api_url; /* crierctl import talks to the API */
+    char *api_key;
     int log_level;
     int log_format;
 };
@@ -18,5 +20,6 @@ int ctl_migrate(const struct ctl_config *cfg, int argc, char **argv);
 int ctl_tenant(const struct ctl_config *cfg, int argc, char **argv);
 int ctl_apikey(const struct ctl_config *cfg, int argc, char **argv);
 int ctl_provider(const struct ctl_config *cfg, int argc, char **argv);
+int ctl_import(const struct ctl_config *cfg, int argc, char **argv);
 
 #endif

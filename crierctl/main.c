@@ -16,6 +16,10 @@ static const struct cfg_row ctl_rows[] = {
      "postgresql://crier@127.0.0.1:5432/crier", 0, 0, NULL, 0, 1, "PostgreSQL connection URL"},
     {"CRIER_SECRET_KEY", CFG_STRING, offsetof(struct ctl_config, secret_key), NULL, 0, 0, NULL, 0,
      1, "32-byte key (64 hex or base64) sealing provider credentials"},
+    {"CRIER_API_URL", CFG_STRING, offsetof(struct ctl_config, api_url), "http://127.0.0.1:8080", 0,
+     0, NULL, 0, 0, "base URL of crier-api (crierctl import)"},
+    {"CRIER_API_KEY", CFG_STRING, offsetof(struct ctl_config, api_key), NULL, 0, 0, NULL, 0, 1,
+     "API key crierctl import sends (crier_<id>_<secret>)"},
     CFG_COMMON_ROWS(struct ctl_config),
 };
 #define NROWS (sizeof(ctl_rows) / sizeof(ctl_rows[0]))
@@ -34,7 +38,11 @@ static const char usage[] =
     "           --from ADDRESS [--rate PER_SECOND] [--name NAME] [--account-sid SID]\n"
     "           (the Twilio auth token / API key is read from CRIER_PROVIDER_SECRET,\n"
     "            never from the command line)\n"
-    "                                   create a provider account; prints its id";
+    "                                   create a provider account; prints its id\n"
+    "  import [--type customers|interactions|appointments] [--format ndjson|csv]\n"
+    "         [--chunk-lines N] [--parallel N] [--quiet] FILE\n"
+    "                                   upsert FILE through the API (CRIER_API_URL,\n"
+    "                                   CRIER_API_KEY) with a progress bar";
 
 int main(int argc, char **argv)
 {
@@ -60,6 +68,8 @@ int main(int argc, char **argv)
         rc = ctl_apikey(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "provider") == 0)
         rc = ctl_provider(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "import") == 0)
+        rc = ctl_import(&cfg, argc - 2, argv + 2);
     else {
         fprintf(stderr, "crierctl: unknown command %s\n\n", cmd);
         cfg_print_help(ctl_rows, NROWS, usage);
