@@ -1,6 +1,7 @@
-/* crierctl - crier's admin command line: migrations, tenants, API keys,
- * provider accounts. Talks to PostgreSQL directly (bootstrap path: no API
- * key exists yet when it first runs). */
+/* crierctl - crier's admin command line: migrations, tenants, API keys and
+ * provider accounts talk to PostgreSQL directly (the bootstrap path: no API
+ * key exists when it first runs); import goes through the HTTP API like any
+ * client (CRIER_API_URL, CRIER_API_KEY). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
