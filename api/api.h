@@ -108,6 +108,9 @@ void http_reply_page(struct api_req *r, PGresult *res, const char *errmsg, const
                      long limit);
 /* Writes the tenant id and the first path id as text (query parameters). */
 void http_id_params(const struct api_req *r, char tenant[24], char id[24]);
+/* For a callback expecting exactly one row: true when res has it; otherwise
+ * replies (503 when the query failed, 404 "no such <what>") and is false. */
+bool http_one_row_or_reply(struct api_req *r, PGresult *res, const char *errmsg, const char *what);
 /* Answers a single-row query whose first column is a JSON object: status on
  * a row, 404 "no such <what>" without one, 503 when the query failed. */
 void http_reply_pg_row(struct api_req *r, PGresult *res, const char *errmsg, int status,

@@ -683,14 +683,8 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
 {
     struct api_req *r = arg;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "campaign"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such campaign", NULL);
-        return;
-    }
     cJSON *cur = cJSON_Parse(PQgetvalue(res, 0, 0));
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(cur, "status");
     if (!cJSON_IsString(status) || strcmp(status->valuestring, "draft") != 0) {
@@ -778,14 +772,8 @@ static void delete_done(void *arg, PGresult *res, const char *errmsg, const char
 {
     struct api_req *r = arg;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "campaign"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such campaign", NULL);
-        return;
-    }
     if (PQgetvalue(res, 0, 1)[0] == '1') {
         http_reply_no_content(r);
         return;
@@ -832,14 +820,8 @@ static void action_done(void *arg, PGresult *res, const char *errmsg, const char
     struct api_req *r = arg;
     struct action_state *a = r->state;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "campaign"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such campaign", NULL);
-        return;
-    }
     const char *before = PQgetvalue(res, 0, 0);
     bool moved = PQgetvalue(res, 0, 1)[0] == 't';
     cJSON *campaign = cJSON_Parse(PQgetvalue(res, 0, 2));
@@ -984,14 +966,8 @@ static void stats_done(void *arg, PGresult *res, const char *errmsg, const char 
 {
     struct api_req *r = arg;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "campaign"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such campaign", NULL);
-        return;
-    }
     cJSON *counts = cJSON_Parse(PQgetvalue(res, 0, 4));
     double targeted = 0, contacted = 0, terminal = 0;
     static const char *const open_states[] = {"pending", "queued", "sending", "retry", NULL};

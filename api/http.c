@@ -105,20 +105,26 @@ void http_id_params(const struct api_req *r, char tenant[24], char id[24])
     snprintf(id, 24, "%lld", r->ids[0]);
 }
 
-void http_reply_pg_row(struct api_req *r, PGresult *res, const char *errmsg, int status,
-                       const char *what)
+bool http_one_row_or_reply(struct api_req *r, PGresult *res, const char *errmsg, const char *what)
 {
     if (!res) {
         http_reply_dependency(r, "postgres", errmsg);
-        return;
+        return false;
     }
     if (PQntuples(res) != 1) {
         char msg[96];
         snprintf(msg, sizeof(msg), "no such %s", what);
         http_reply_error(r, 404, "not_found", msg, NULL);
-        return;
+        return false;
     }
-    http_reply_raw_json(r, status, PQgetvalue(res, 0, 0));
+    return true;
+}
+
+void http_reply_pg_row(struct api_req *r, PGresult *res, const char *errmsg, int status,
+                       const char *what)
+{
+    if (http_one_row_or_reply(r, res, errmsg, what))
+        http_reply_raw_json(r, status, PQgetvalue(res, 0, 0));
 }
 
 const char *http_unknown_key(const cJSON *obj, const char *const *allowed)

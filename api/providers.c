@@ -356,14 +356,8 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
     struct api_req *r = arg;
     cJSON *in = r->state;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "provider account"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such provider account", NULL);
-        return;
-    }
     static const char *const keys[] = {"name",       "from",        "rate_per_second",
                                        "is_default", "credentials", NULL};
     const char *kind = PQgetvalue(res, 0, 0), *channel = PQgetvalue(res, 0, 1);
@@ -437,14 +431,8 @@ static void deleted(void *arg, PGresult *res, const char *errmsg, const char *sq
         http_reply_error(r, 409, "in_use", "campaigns use this provider account", "id");
         return;
     }
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
+    if (!http_one_row_or_reply(r, res, errmsg, "provider account"))
         return;
-    }
-    if (PQntuples(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such provider account", NULL);
-        return;
-    }
     http_reply_no_content(r);
 }
 
