@@ -11,30 +11,10 @@
 # Redis under a temporary directory and stops them at the end.
 # CRIER_BENCH_IMPORT_ARGS passes options to crierctl import (e.g.
 # "--parallel 1 --chunk-lines 100000").
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 N=${CRIER_BENCH_CUSTOMERS:-1000000}
-BUILD=${CRIER_BUILD_DIR:-$ROOT/build}
 IMPORT_ARGS=${CRIER_BENCH_IMPORT_ARGS:-}
-
-if [ ! -x "$BUILD/crierctl" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-fi
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
-
-STACK=$(mktemp -d /tmp/crier-bench.XXXXXX)
-chmod 755 "$STACK"
-cleanup() {
-  "$ROOT/deploy/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
-  rm -rf "$STACK"
-}
-trap cleanup EXIT
-"$ROOT/deploy/stack.sh" start "$STACK" >/dev/null
-
-export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
-export CRIER_TEST_TMP=$STACK/run
-# shellcheck source=tests/lib.sh
-. "$ROOT/tests/lib.sh"
 t_init bench_import
 t_tenant_key bench_import
 t_start_api

@@ -7,30 +7,10 @@
 #
 # It starts its own PostgreSQL (durable settings, as the local stack) and
 # Redis under a temporary directory and stops them at the end.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 N=${CRIER_BENCH_CUSTOMERS:-100000}
 WORKERS=${CRIER_BENCH_WORKERS:-2}
-BUILD=${CRIER_BUILD_DIR:-$ROOT/build}
-
-if [ ! -x "$BUILD/crier-worker" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-fi
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
-
-STACK=$(mktemp -d /tmp/crier-bench.XXXXXX)
-chmod 755 "$STACK"
-cleanup() {
-  "$ROOT/deploy/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
-  rm -rf "$STACK"
-}
-trap cleanup EXIT
-"$ROOT/deploy/stack.sh" start "$STACK" >/dev/null
-
-export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
-export CRIER_TEST_TMP=$STACK/run
-# shellcheck source=tests/lib.sh
-. "$ROOT/tests/lib.sh"
 t_init bench
 t_tenant_key
 t_start_fake_twilio

@@ -1,0 +1,30 @@
+# shellcheck shell=bash
+# tests/bench/lib.sh - shared start of the benchmarks: builds the tree (Release-like
+# flags), starts a private PostgreSQL (durable settings, as the local stack) and Redis
+# under a temporary directory that is stopped and removed on exit, and sources
+# tests/lib.sh with that stack, so a benchmark continues with t_init NAME.
+#
+#   . "$(dirname "$0")/lib.sh"     # sets ROOT, BUILD, STACK
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${CRIER_BUILD_DIR:-$ROOT/build}
+
+if [ ! -x "$BUILD/crier-worker" ]; then
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+
+STACK=$(mktemp -d /tmp/crier-bench.XXXXXX)
+chmod 755 "$STACK"
+bench_cleanup() {
+  "$ROOT/deploy/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
+  rm -rf "$STACK"
+}
+# tests/lib.sh chains an EXIT trap set before it is sourced.
+trap bench_cleanup EXIT
+"$ROOT/deploy/stack.sh" start "$STACK" >/dev/null
+
+export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
+export CRIER_TEST_TMP=$STACK/run
+# shellcheck source=tests/lib.sh
+. "$ROOT/tests/lib.sh"
