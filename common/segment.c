@@ -86,17 +86,22 @@
  * - No input value is ever written into the SQL text: values become text
  *   parameters ($N, cast in SQL); input only chooses among constant fragments.
  * - Every subquery on a tenant table is tied to the customer by
- *   tenant_id = c.tenant_id AND customer_id = c.id: directly, or on the
- *   rows of a derived table (appointment counts; the UNION ALL of a "days
- *   since" lte / eq), which PostgreSQL pushes into it; the later rows a
+ *   tenant_id = c.tenant_id AND customer_id = c.id; the later rows a
  *   "latest" criterion looks for are tied to the row they follow.
  * - Every condition is a "primary": a single predicate whose operators bind
  *   tighter than NOT, or a parenthesised expression. So "NOT x", "x AND y"
  *   and "x OR y" can be written without re-parenthesising.
- * - Conditions on other tables are EXISTS / NOT EXISTS, which PostgreSQL
- *   turns into (anti-)joins when they are ANDed at the top, and into one
- *   index probe per customer under OR / NOT. migrations/0003 holds the
- *   indexes they use.
+ * - What does not depend on the interaction scope (contact, appointments)
+ *   and the unscoped forms of the interaction criteria (latest booking
+ *   intent and satisfaction, days since the last interaction) read summary
+ *   columns of the customers row, kept by triggers (migrations/0005): the
+ *   latest interaction time, rating and booking intent, the appointment
+ *   count, latest scheduled_at and latest status, NULL (count 0) for none.
+ *   A NULL column is no match, never a NULL result.
+ * - The scoped conditions on interactions are EXISTS / NOT EXISTS, which
+ *   PostgreSQL turns into (anti-)joins when they are ANDed at the top, and
+ *   into one index probe per customer under OR / NOT. migrations/0003 holds
+ *   the indexes they use.
  * The channel's reachability rule is always ANDed at the top level, outside
  * anything the criteria say. */
 #include "segment.h"
@@ -192,27 +197,18 @@ static const char *const seg_directions[] = {"inbound", "outbound", NULL};
 static const char *const seg_appt_statuses[] = {"scheduled", "completed", "cancelled", "no_show",
                                                 NULL};
 
-/* The customer's rows of a tenant table. */
+/* The customer's rows of interactions (for the scoped criteria). */
 #define SEG_IX_ROWS                                                                                \
     "SELECT 1 FROM interactions i WHERE i.tenant_id = c.tenant_id AND i.customer_id = c.id"
-#define SEG_APPT_ROWS                                                                              \
-    "SELECT 1 FROM appointments a WHERE a.tenant_id = c.tenant_id AND a.customer_id = c.id"
-#define SEG_HAS_APPOINTMENT "EXISTS (" SEG_APPT_ROWS ")"
-/* The customer's latest appointment (by scheduled_at, ties: highest id) has
- * the status that follows: some appointment a has it and no appointment b
- * is later. */
-#define SEG_LAST_APPT_START "EXISTS (" SEG_APPT_ROWS " AND a.status = "
-#define SEG_LAST_APPT_END                                                                          \
-    " AND NOT EXISTS (SELECT 1 FROM appointments b WHERE b.tenant_id = a.tenant_id AND "           \
-    "b.customer_id = a.customer_id AND (b.scheduled_at, b.id) > (a.scheduled_at, a.id)))"
 
 /* The criteria. First row of a name = its default op (flat form).
  * seg_gen_bool:   a = SQL when true, b = SQL when false.
  * seg_gen_param:  SQL is a, then the placeholder, then b.
  * seg_gen_days:   kind = what is measured (enum seg_days_kind).
  * seg_gen_scope:  kind = the scope it sets (enum seg_scope_kind).
- * seg_gen_latest: a = the interactions column whose latest value is compared.
- * seg_gen_count:  counts appointment rows. */
+ * seg_gen_latest: a = the interactions column whose latest value is compared,
+ *                 b = the customers column holding it (used when unscoped).
+ * seg_gen_count:  compares c.appointment_count. */
 /* clang-format off */
 #define SEG_F(name, op, type, gen, a, b) {name, op, type, gen, a, b, 0, NULL}
 #define SEG_DAYS(name, op, kind) {name, op, SEG_T_DAYS, seg_gen_days, NULL, NULL, kind, NULL}
@@ -224,8 +220,8 @@ static const struct seg_field seg_fields[] = {
           "c.phone IS NULL"),
     SEG_F("has_email", SEG_OP_EQ, SEG_T_BOOL, seg_gen_bool, "c.email IS NOT NULL",
           "c.email IS NULL"),
-    SEG_F("has_appointment", SEG_OP_EQ, SEG_T_BOOL, seg_gen_bool, SEG_HAS_APPOINTMENT,
-          "NOT " SEG_HAS_APPOINTMENT),
+    SEG_F("has_appointment", SEG_OP_EQ, SEG_T_BOOL, seg_gen_bool, "c.appointment_count > 0",
+          "c.appointment_count = 0"),
     /* tags: customer has all of them; op in: at least one of them. */
     SEG_F("tags", SEG_OP_CONTAINS, SEG_T_STRINGS, seg_gen_param, "c.tags @> ", "::text[]"),
     SEG_F("tags", SEG_OP_IN, SEG_T_STRINGS, seg_gen_param, "c.tags && ", "::text[]"),
@@ -244,22 +240,25 @@ static const struct seg_field seg_fields[] = {
     SEG_F("appointment_count", SEG_OP_EQ, SEG_T_COUNT, seg_gen_count, NULL, NULL),
     SEG_F("appointment_count_min", SEG_OP_GTE, SEG_T_COUNT, seg_gen_count, NULL, NULL),
     SEG_F("appointment_count_max", SEG_OP_LTE, SEG_T_COUNT, seg_gen_count, NULL, NULL),
-    {"last_appointment_status", SEG_OP_EQ, SEG_T_STRING, seg_gen_param, SEG_LAST_APPT_START,
-     "::text" SEG_LAST_APPT_END, 0, seg_appt_statuses},
-    {"last_appointment_status", SEG_OP_IN, SEG_T_STRINGS, seg_gen_param, SEG_LAST_APPT_START "ANY(",
-     "::text[])" SEG_LAST_APPT_END, 0, seg_appt_statuses},
+    {"last_appointment_status", SEG_OP_EQ, SEG_T_STRING, seg_gen_param,
+     "(c.last_appointment_status = ", "::text) IS TRUE", 0, seg_appt_statuses},
+    {"last_appointment_status", SEG_OP_IN, SEG_T_STRINGS, seg_gen_param,
+     "(c.last_appointment_status = ANY(", "::text[])) IS TRUE", 0, seg_appt_statuses},
     SEG_SCOPE("channel", SEG_OP_EQ, SEG_T_STRING, SEG_SCOPE_CHANNEL, seg_ix_channels),
     SEG_SCOPE("channel", SEG_OP_IN, SEG_T_STRINGS, SEG_SCOPE_CHANNEL, seg_ix_channels),
     SEG_SCOPE("direction", SEG_OP_EQ, SEG_T_STRING, SEG_SCOPE_DIRECTION, seg_directions),
     SEG_SCOPE("direction", SEG_OP_IN, SEG_T_STRINGS, SEG_SCOPE_DIRECTION, seg_directions),
     SEG_SCOPE("metadata_key", SEG_OP_EQ, SEG_T_STRING, SEG_SCOPE_KEY, NULL),
     SEG_SCOPE("metadata_key", SEG_OP_IN, SEG_T_STRINGS, SEG_SCOPE_KEY, NULL),
-    SEG_F("booking_intent", SEG_OP_EQ, SEG_T_BOOL, seg_gen_latest, "booking_intent", NULL),
-    SEG_F("satisfaction", SEG_OP_GTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", NULL),
-    SEG_F("satisfaction", SEG_OP_LTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", NULL),
-    SEG_F("satisfaction", SEG_OP_EQ, SEG_T_SCORE, seg_gen_latest, "satisfaction", NULL),
-    SEG_F("min_satisfaction", SEG_OP_GTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", NULL),
-    SEG_F("max_satisfaction", SEG_OP_LTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", NULL),
+    SEG_F("booking_intent", SEG_OP_EQ, SEG_T_BOOL, seg_gen_latest, "booking_intent",
+          "last_booking_intent"),
+    SEG_F("satisfaction", SEG_OP_GTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", "last_rating"),
+    SEG_F("satisfaction", SEG_OP_LTE, SEG_T_SCORE, seg_gen_latest, "satisfaction", "last_rating"),
+    SEG_F("satisfaction", SEG_OP_EQ, SEG_T_SCORE, seg_gen_latest, "satisfaction", "last_rating"),
+    SEG_F("min_satisfaction", SEG_OP_GTE, SEG_T_SCORE, seg_gen_latest, "satisfaction",
+          "last_rating"),
+    SEG_F("max_satisfaction", SEG_OP_LTE, SEG_T_SCORE, seg_gen_latest, "satisfaction",
+          "last_rating"),
     SEG_DAYS("days_since_last_interaction", SEG_OP_GTE, SEG_DAYS_INTERACTION),
     SEG_DAYS("days_since_last_interaction", SEG_OP_LTE, SEG_DAYS_INTERACTION),
     SEG_DAYS("days_since_last_interaction", SEG_OP_EQ, SEG_DAYS_INTERACTION),
@@ -568,6 +567,16 @@ static enum cr_err seg_int_param(struct seg_ctx *cx, const struct seg_field *r, 
 /* ------------------------------------------------------------------------ */
 /* Interaction scope                                                        */
 
+/* True when a channel, direction or metadata_key condition narrows s. */
+static bool seg_scoped(const struct seg_scope *s)
+{
+    for (int k = 0; k < SEG_SCOPE_KINDS; k++) {
+        if (s->param[k])
+            return true;
+    }
+    return false;
+}
+
 /* Appends the scope's restrictions on interactions aliased alias ("i" or
  * "j"). A visit (days_since_visit) defaults to the web channel when neither a
  * channel nor a metadata key narrows the scope. */
@@ -629,17 +638,36 @@ static enum cr_err seg_gen_scope(struct seg_ctx *cx, const struct seg_field *r, 
 
 /* booking_intent / satisfaction: the latest in-scope interaction among
  * those where column r->a is not NULL (by occurred_at, ties: highest id) has
- * the wanted value. None: no match. Written as "some in-scope row i has the
- * value, and no later in-scope row j has a non-NULL one", which PostgreSQL
- * plans as an anti-join with the base tables' statistics (for satisfaction,
- * a partial index of migrations/0003 makes both sides index-only). */
+ * the wanted value. None: no match.
+ * Unscoped, that value is the customers column r->b (migrations/0005), and
+ * the test is "IS TRUE" / "IS FALSE" of it (a NULL column: no match).
+ * Scoped, it is written as "some in-scope row i has the value, and no later
+ * in-scope row j has a non-NULL one", which PostgreSQL plans as an anti-join
+ * with the base tables' statistics (for satisfaction, a partial index of
+ * migrations/0003 makes both sides index-only). */
 static enum cr_err seg_gen_latest(struct seg_ctx *cx, const struct seg_field *r, const cJSON *v)
 {
     int num = 0;
+    bool scoped = seg_scoped(&cx->scope);
     if (r->type == SEG_T_SCORE) {
         enum cr_err e = seg_int_param(cx, r, v, &num);
         if (e != CR_OK)
             return e;
+    }
+    const char *cmp = r->op == SEG_OP_GTE ? " >= " : r->op == SEG_OP_LTE ? " <= " : " = ";
+    if (!scoped) {
+        if (r->type == SEG_T_BOOL) {
+            seg_puts(cx, "c.");
+            seg_puts(cx, r->b);
+            seg_puts(cx, cJSON_IsTrue(v) ? " IS TRUE" : " IS FALSE");
+        } else {
+            seg_puts(cx, "(c.");
+            seg_puts(cx, r->b);
+            seg_puts(cx, cmp);
+            seg_placeholder(cx, num);
+            seg_puts(cx, "::int) IS TRUE");
+        }
+        return CR_OK;
     }
     seg_puts(cx, "EXISTS (" SEG_IX_ROWS);
     seg_scope_sql(cx, &cx->scope, "i", false);
@@ -649,7 +677,7 @@ static enum cr_err seg_gen_latest(struct seg_ctx *cx, const struct seg_field *r,
     } else {
         seg_puts(cx, " AND i.");
         seg_puts(cx, r->a);
-        seg_puts(cx, r->op == SEG_OP_GTE ? " >= " : r->op == SEG_OP_LTE ? " <= " : " = ");
+        seg_puts(cx, cmp);
         seg_placeholder(cx, num);
         seg_puts(cx, "::int");
     }
@@ -675,57 +703,64 @@ static void seg_cutoff(struct seg_ctx *cx, int num, bool plus_one)
 }
 
 /* "Some X is newer than the cut-off" (some) or "no X is" (!some), for what
- * r measures; a NULL column counts as no X. Two-valued. For the measures
- * that combine a customers column with a table (contact, appointment),
- * "some" is one EXISTS over the UNION ALL of both, which PostgreSQL can
- * still run as a semi-join (an OR of the two would be a per-customer probe);
- * "none" is a column test ANDed with NOT EXISTS (an anti-join). */
+ * r measures. Two-valued.
+ * - Contact and appointment, and unscoped interactions: on customers
+ *   columns, each the time of its most recent X or NULL for none (contact:
+ *   last_contact_at and last_interaction_at; appointment:
+ *   last_appointment_at and last_scheduled_at; interaction:
+ *   last_interaction_at). "Some": (c.x > cut OR c.y > cut) IS TRUE; "none":
+ *   every column NULL or <= cut. Written so, the planner estimates them from
+ *   the columns' statistics.
+ * - Scoped interactions and visits: [NOT] EXISTS of an in-scope interaction
+ *   newer than the cut-off (a range scan of migrations/0003's
+ *   interactions_tenant_time when ANDed at the top). */
 static void seg_newer(struct seg_ctx *cx, const struct seg_field *r, bool some, int num,
                       bool plus_one)
 {
-    /* The customers column (if any), the customer's rows of the table, their
-     * time column, and the table's (tenant_id, customer_id) by time for the
-     * UNION ALL. */
-    const char *col = NULL, *rows = SEG_IX_ROWS, *ts = " AND i.occurred_at > ";
-    const char *keyed = "SELECT i.tenant_id, i.customer_id FROM interactions i WHERE "
-                        "i.occurred_at > ";
-    bool scoped = r->kind == SEG_DAYS_INTERACTION || r->kind == SEG_DAYS_VISIT;
+    const char *cols[2] = {NULL, NULL};
 
     if (r->kind == SEG_DAYS_CONTACT) {
-        col = "last_contact_at";
+        cols[0] = "last_contact_at";
+        cols[1] = "last_interaction_at";
     } else if (r->kind == SEG_DAYS_APPOINTMENT) {
-        col = "last_appointment_at";
-        rows = SEG_APPT_ROWS;
-        ts = " AND a.scheduled_at > ";
-        keyed = "SELECT a.tenant_id, a.customer_id FROM appointments a WHERE a.scheduled_at > ";
+        cols[0] = "last_appointment_at";
+        cols[1] = "last_scheduled_at";
+    } else if (r->kind == SEG_DAYS_INTERACTION && !seg_scoped(&cx->scope)) {
+        cols[0] = "last_interaction_at";
     }
-    if (col && some) {
-        seg_puts(cx, "EXISTS (SELECT 1 FROM (");
-        seg_puts(cx, keyed);
-        seg_cutoff(cx, num, plus_one);
-        seg_puts(cx, " UNION ALL SELECT x.tenant_id, x.id FROM customers x WHERE x.");
-        seg_puts(cx, col);
-        seg_puts(cx, " > ");
-        seg_cutoff(cx, num, plus_one);
-        seg_puts(cx, ") u WHERE u.tenant_id = c.tenant_id AND u.customer_id = c.id)");
+
+    if (cols[0]) {
+        if (some || cols[1])
+            seg_puts(cx, "(");
+        for (int k = 0; k < 2 && cols[k]; k++) {
+            if (k)
+                seg_puts(cx, some ? " OR " : " AND ");
+            if (some) { /* c.x > cut */
+                seg_puts(cx, "c.");
+                seg_puts(cx, cols[k]);
+                seg_puts(cx, " > ");
+                seg_cutoff(cx, num, plus_one);
+            } else { /* (c.x IS NULL OR c.x <= cut) */
+                seg_puts(cx, "(c.");
+                seg_puts(cx, cols[k]);
+                seg_puts(cx, " IS NULL OR c.");
+                seg_puts(cx, cols[k]);
+                seg_puts(cx, " <= ");
+                seg_cutoff(cx, num, plus_one);
+                seg_puts(cx, ")");
+            }
+        }
+        if (some)
+            seg_puts(cx, ") IS TRUE");
+        else if (cols[1])
+            seg_puts(cx, ")");
         return;
     }
-    if (col) {
-        seg_puts(cx, "((c.");
-        seg_puts(cx, col);
-        seg_puts(cx, " IS NULL OR c.");
-        seg_puts(cx, col);
-        seg_puts(cx, " <= ");
-        seg_cutoff(cx, num, plus_one);
-        seg_puts(cx, ") AND ");
-    }
-    seg_puts(cx, some ? "EXISTS (" : "NOT EXISTS (");
-    seg_puts(cx, rows);
-    if (scoped)
-        seg_scope_sql(cx, &cx->scope, "i", r->kind == SEG_DAYS_VISIT);
-    seg_puts(cx, ts);
+    seg_puts(cx, some ? "EXISTS (" SEG_IX_ROWS : "NOT EXISTS (" SEG_IX_ROWS);
+    seg_scope_sql(cx, &cx->scope, "i", r->kind == SEG_DAYS_VISIT);
+    seg_puts(cx, " AND i.occurred_at > ");
     seg_cutoff(cx, num, plus_one);
-    seg_puts(cx, col ? "))" : ")");
+    seg_puts(cx, ")");
 }
 
 /* Days since the most recent X, in whole days (see DAYS at the top):
@@ -756,37 +791,25 @@ static enum cr_err seg_gen_days(struct seg_ctx *cx, const struct seg_field *r, c
     return CR_OK;
 }
 
-/* appointment_count, over the groups of the tenant's appointments by
- * customer (a customer without appointments is in no group: count 0):
- *   gte N: in a group with count >= N (N = 0: TRUE, with no parameter, as
- *          PostgreSQL cannot type an unused one);
- *   lte N: in no group with count > N;
- *   eq N:  in a group with count = N (N = 0: in no group with count > 0). */
+/* appointment_count: c.appointment_count (migrations/0005, the number of
+ * appointment rows) compared with N; gte 0 is TRUE, with no parameter, as
+ * PostgreSQL cannot type an unused one. */
 static enum cr_err seg_gen_count(struct seg_ctx *cx, const struct seg_field *r, const cJSON *v)
 {
-    int n = (int)v->valuedouble, num = 0;
-    const char *cmp = ">= ";
-    bool exists = true;
+    int num = 0;
 
-    if (r->op == SEG_OP_GTE && n == 0) {
+    if (r->op == SEG_OP_GTE && (int)v->valuedouble == 0) {
         seg_puts(cx, "TRUE");
         return CR_OK;
-    }
-    if (r->op == SEG_OP_LTE || (r->op == SEG_OP_EQ && n == 0)) {
-        cmp = "> ";
-        exists = false;
-    } else if (r->op == SEG_OP_EQ) {
-        cmp = "= ";
     }
     enum cr_err e = seg_int_param(cx, r, v, &num);
     if (e != CR_OK)
         return e;
-    seg_puts(cx, exists ? "EXISTS " : "NOT EXISTS ");
-    seg_puts(cx, "(SELECT 1 FROM (SELECT a.tenant_id, a.customer_id FROM appointments a GROUP BY "
-                 "a.tenant_id, a.customer_id HAVING count(*) ");
-    seg_puts(cx, cmp);
+    seg_puts(cx, r->op == SEG_OP_GTE   ? "c.appointment_count >= "
+                 : r->op == SEG_OP_LTE ? "c.appointment_count <= "
+                                       : "c.appointment_count = ");
     seg_placeholder(cx, num);
-    seg_puts(cx, "::int) g WHERE g.tenant_id = c.tenant_id AND g.customer_id = c.id)");
+    seg_puts(cx, "::int");
     return CR_OK;
 }
 

@@ -1,7 +1,8 @@
 /* segment.h - compiles segment criteria (JSON) into parameterised SQL.
  *
  * The output is a boolean SQL expression over the customers table aliased
- * "c" (see migrations/0001_init.sql), using only placeholders $N for values
+ * "c" (see migrations/0001_init.sql, and 0005_customer_summary.sql for the
+ * summary columns it reads), using only placeholders $N for values
  * (numbered from first_param): no value is ever spliced into the SQL text.
  * The caller binds $1 = tenant id itself and ANDs the expression into its own
  * statement, e.g.

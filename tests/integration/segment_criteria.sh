@@ -518,4 +518,92 @@ for evil in "x'); DROP TABLE customers; --" "' OR 1=1 --" '$1' "\\'; SELECT pg_s
 done
 assert_eq "$(t_psql "SELECT count(*) FROM customers")" "$ncust" "customers intact"
 
+# ---------------------------------------------------------------------------------------
+# Writes after the fact: the latest / count criteria follow UPDATEs and DELETEs of
+# interactions and appointments, rows moved between customers, and a multi-row INSERT
+# (the unscoped forms read per-customer summaries the database keeps in step).
+# ---------------------------------------------------------------------------------------
+group "$TA" g_mut mu_ix_del mu_ix_upd mu_ix_move mu_ix_dest mu_ap_del mu_ap_upd mu_ap_move \
+  mu_ap_dest mu_none
+fx "$TA" \
+  "SELECT fx_ix(T, 'mu_ix_del', 'voice', 'inbound', $(D 40), 1, false);" \
+  "SELECT fx_ix(T, 'mu_ix_del', 'sms', 'inbound', $(D 2), 5, true);" \
+  "SELECT fx_ix(T, 'mu_ix_upd', 'sms', 'inbound', $(D 3), 2);" \
+  "SELECT fx_ix(T, 'mu_ix_move', 'web', 'inbound', $(D 1), 4, true);" \
+  "SELECT fx_ix(T, 'mu_ix_dest', 'email', 'inbound', $(D 20), 3, false);" \
+  "SELECT fx_ap(T, 'mu_ap_del', 'completed', $(D 60));" \
+  "SELECT fx_ap(T, 'mu_ap_del', 'cancelled', $(D 5));" \
+  "SELECT fx_ap(T, 'mu_ap_upd', 'cancelled', $(D 5));" \
+  "SELECT fx_ap(T, 'mu_ap_move', 'no_show', $(D 3));" \
+  "SELECT fx_ap(T, 'mu_ap_dest', 'completed', $(D 100));"
+MU_IX="mu_ix_del mu_ix_upd mu_ix_move mu_ix_dest"
+MU_AP="mu_ap_del mu_ap_upd mu_ap_move mu_ap_dest"
+# shellcheck disable=SC2086 # word lists on purpose
+{
+  expect sms '{"min_satisfaction": 4}' g_mut mu_ix_del mu_ix_move
+  expect sms '{"booking_intent": true}' g_mut mu_ix_del mu_ix_move
+  expect sms '{"booking_intent": false}' g_mut mu_ix_dest
+  expect sms '{"field": "days_since_last_interaction", "op": "lte", "value": 10}' g_mut \
+    mu_ix_del mu_ix_upd mu_ix_move
+  expect sms '{"days_since_last_contact": 10}' g_mut mu_ix_dest $MU_AP mu_none
+  expect sms '{"last_appointment_status": "cancelled"}' g_mut mu_ap_del mu_ap_upd
+  expect sms '{"field": "appointment_count", "op": "eq", "value": 1}' g_mut \
+    mu_ap_upd mu_ap_move mu_ap_dest
+  expect sms '{"appointment_count_min": 2}' g_mut mu_ap_del
+  expect sms '{"days_since_last_appointment": 10}' g_mut $MU_IX mu_ap_dest mu_none
+}
+fx "$TA" \
+  "DELETE FROM interactions WHERE customer_id = fx_id(T, 'mu_ix_del') AND channel = 'sms';" \
+  "UPDATE interactions SET satisfaction = 5, booking_intent = true,
+     occurred_at = now() - make_interval(hours => $(D 50))
+   WHERE customer_id = fx_id(T, 'mu_ix_upd');" \
+  "UPDATE interactions SET customer_id = fx_id(T, 'mu_ix_dest')
+   WHERE customer_id = fx_id(T, 'mu_ix_move');" \
+  "DELETE FROM appointments WHERE customer_id = fx_id(T, 'mu_ap_del') AND status = 'cancelled';" \
+  "UPDATE appointments SET status = 'completed',
+     scheduled_at = now() - make_interval(hours => $(D 40))
+   WHERE customer_id = fx_id(T, 'mu_ap_upd');" \
+  "UPDATE appointments SET customer_id = fx_id(T, 'mu_ap_dest')
+   WHERE customer_id = fx_id(T, 'mu_ap_move');"
+# shellcheck disable=SC2086 # word lists on purpose
+{
+  expect sms '{"min_satisfaction": 4}' g_mut mu_ix_upd mu_ix_dest
+  expect sms '{"max_satisfaction": 1}' g_mut mu_ix_del
+  expect sms '{"booking_intent": true}' g_mut mu_ix_upd mu_ix_dest
+  expect sms '{"booking_intent": false}' g_mut mu_ix_del
+  expect_not sms '{"booking_intent": false}' g_mut
+  expect sms '{"field": "days_since_last_interaction", "op": "lte", "value": 10}' g_mut mu_ix_dest
+  expect sms '{"days_since_last_interaction": 45}' g_mut mu_ix_upd mu_ix_move $MU_AP mu_none
+  expect sms '{"days_since_last_contact": 10}' g_mut mu_ix_del mu_ix_upd mu_ix_move $MU_AP mu_none
+  expect sms '{"has_appointment": false}' g_mut $MU_IX mu_ap_move mu_none
+  expect sms '{"last_appointment_status": "completed"}' g_mut mu_ap_del mu_ap_upd
+  expect sms '{"last_appointment_status": ["no_show", "cancelled"]}' g_mut mu_ap_dest
+  expect_not sms '{"last_appointment_status": "completed"}' g_mut
+  expect sms '{"field": "appointment_count", "op": "eq", "value": 1}' g_mut mu_ap_del mu_ap_upd
+  expect sms '{"appointment_count_min": 2}' g_mut mu_ap_dest
+  expect sms '{"days_since_last_appointment": 10}' g_mut $MU_IX mu_ap_del mu_ap_upd mu_ap_move \
+    mu_none
+  expect sms '{"field": "days_since_last_appointment", "op": "eq", "value": 40}' g_mut mu_ap_upd
+}
+# One multi-row INSERT for several customers, ties on occurred_at / scheduled_at included
+# (the highest id is the latest).
+t_psql "BEGIN;
+  INSERT INTO interactions (tenant_id, customer_id, channel, direction, occurred_at, satisfaction,
+                            booking_intent)
+  SELECT $TA, fx_id($TA, v.ext), 'sms', 'inbound', now() - make_interval(hours => v.hrs), v.sat,
+         v.intent
+  FROM (VALUES ('mu_none', 30, 2, false), ('mu_none', 30, 4, true), ('mu_ap_del', 5, 1, NULL),
+               ('mu_ix_del', 1, NULL, true)) v(ext, hrs, sat, intent);
+  INSERT INTO appointments (tenant_id, customer_id, status, scheduled_at)
+  SELECT $TA, fx_id($TA, v.ext), v.st, now() - make_interval(hours => v.hrs)
+  FROM (VALUES ('mu_none', 50, 'cancelled'), ('mu_none', 50, 'completed'),
+               ('mu_ix_del', -24, 'scheduled')) v(ext, hrs, st);
+  COMMIT;" >/dev/null
+expect sms '{"min_satisfaction": 4}' g_mut mu_ix_upd mu_ix_dest mu_none
+expect sms '{"booking_intent": true}' g_mut mu_ix_del mu_ix_upd mu_ix_dest mu_none
+expect sms '{"max_satisfaction": 1}' g_mut mu_ix_del mu_ap_del
+expect sms '{"last_appointment_status": "completed"}' g_mut mu_ap_del mu_ap_upd mu_none
+expect sms '{"last_appointment_status": "scheduled"}' g_mut mu_ix_del
+expect sms '{"field": "appointment_count", "op": "eq", "value": 2}' g_mut mu_ap_dest mu_none
+
 t_log "segment_criteria: $CHECKS checks passed"

@@ -8,6 +8,7 @@
 #include "buf.h"
 #include "check.h"
 #include "segment.h"
+#include "xalloc.h"
 
 #define NOT_SUPPRESSED(ch, addr)                                                                   \
     "NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = c.tenant_id AND s.channel = "    \
@@ -17,30 +18,30 @@
     "c.email IS NOT NULL AND NOT c.email_opt_out AND " NOT_SUPPRESSED("email", "lower(c.email)")
 #define REACH_VOICE                                                                                \
     "c.phone IS NOT NULL AND NOT c.voice_opt_out AND " NOT_SUPPRESSED("voice", "c.phone")
-/* The customer's rows of interactions / appointments. */
+/* The customer's rows of interactions (scoped criteria). */
 #define IX "SELECT 1 FROM interactions i WHERE i.tenant_id = c.tenant_id AND i.customer_id = c.id"
-#define AP "SELECT 1 FROM appointments a WHERE a.tenant_id = c.tenant_id AND a.customer_id = c.id"
-#define HAS_APPT "EXISTS (" AP ")"
 /* now() - $n days and now() - ($n + 1) days. */
 #define CUT(n) "now() - make_interval(days => $" n "::int)"
 #define CUT1(n) "now() - make_interval(days => $" n "::int + 1)"
-/* "Days since" on a customers column combined with a table:
- * gte: nothing newer than N days; lte: something newer than N+1 days. */
-#define COMBINED_GTE(col, rows, ts, n)                                                             \
-    "((c." col " IS NULL OR c." col " <= " CUT(n) ") AND NOT EXISTS (" rows " AND " ts             \
-                                                  " > " CUT(n) "))"
-#define COMBINED_LTE(col, keyed, n)                                                                \
-    "EXISTS (SELECT 1 FROM (" keyed                                                                \
-    " > " CUT1(n) " UNION ALL SELECT x.tenant_id, x.id FROM "                                      \
-                  "customers x WHERE x." col                                                       \
-                  " > " CUT1(n) ") u WHERE u.tenant_id = c.tenant_id AND "                         \
-                                "u.customer_id = c.id)"
-#define IX_KEYED "SELECT i.tenant_id, i.customer_id FROM interactions i WHERE i.occurred_at"
-#define AP_KEYED "SELECT a.tenant_id, a.customer_id FROM appointments a WHERE a.scheduled_at"
-#define CONTACT_GTE(n) COMBINED_GTE("last_contact_at", IX, "i.occurred_at", n)
-#define CONTACT_LTE(n) COMBINED_LTE("last_contact_at", IX_KEYED, n)
-#define APPT_GTE(n) COMBINED_GTE("last_appointment_at", AP, "a.scheduled_at", n)
-#define APPT_LTE(n) COMBINED_LTE("last_appointment_at", AP_KEYED, n)
+/* "Days since" on the customers row's columns (a customers column, or NULL
+ * for none): nothing newer than N days on col; something newer than N+1
+ * days on col or col2. */
+#define NONE_NEWER(col, n) "(c." col " IS NULL OR c." col " <= " CUT(n) ")"
+#define SOME_NEWER2(col, col2, n) "(c." col " > " CUT1(n) " OR c." col2 " > " CUT1(n) ") IS TRUE"
+/* The last contact: c.last_contact_at or the latest interaction
+ * (c.last_interaction_at); the last appointment: c.last_appointment_at or
+ * the latest appointment row (c.last_scheduled_at). */
+#define CONTACT_GTE(n)                                                                             \
+    "(" NONE_NEWER("last_contact_at", n) " AND " NONE_NEWER("last_interaction_at", n) ")"
+#define CONTACT_LTE(n) SOME_NEWER2("last_contact_at", "last_interaction_at", n)
+#define APPT_GTE(n)                                                                                \
+    "(" NONE_NEWER("last_appointment_at", n) " AND " NONE_NEWER("last_scheduled_at", n) ")"
+#define APPT_LTE(n) SOME_NEWER2("last_appointment_at", "last_scheduled_at", n)
+/* Unscoped interaction criteria: the customers row's summary columns. */
+#define IX_GTE(n) NONE_NEWER("last_interaction_at", n)
+#define IX_LTE(n) "(c.last_interaction_at > " CUT1(n) ") IS TRUE"
+#define RATING(cmp) "(c.last_rating " cmp ") IS TRUE"
+#define HAS_APPT "c.appointment_count > 0"
 /* Interaction scope restrictions. */
 #define CH(a, n) " AND " a ".channel = ANY($" n "::text[])"
 #define DIR(a, n) " AND " a ".direction = ANY($" n "::text[])"
@@ -51,15 +52,9 @@
     "j.tenant_id = i.tenant_id AND j.customer_id = i.customer_id" scope_j " AND j." col " IS NOT " \
     "NULL AND (j.occurred_at, j.id) > (i.occurred_at, i.id)))"
 /* The latest appointment's status matches cmp. */
-#define LAST_STATUS(cmp)                                                                           \
-    "EXISTS (" AP " AND a.status = " cmp " AND NOT EXISTS (SELECT 1 FROM appointments b WHERE "    \
-    "b.tenant_id = a.tenant_id AND b.customer_id = a.customer_id AND (b.scheduled_at, b.id) > "    \
-    "(a.scheduled_at, a.id)))"
-/* The appointment groups whose count compares so with $n. */
-#define GROUPS(cmp, n)                                                                             \
-    "EXISTS (SELECT 1 FROM (SELECT a.tenant_id, a.customer_id FROM appointments a GROUP BY "       \
-    "a.tenant_id, a.customer_id HAVING count(*) " cmp " $" n "::int) g WHERE g.tenant_id = "       \
-    "c.tenant_id AND g.customer_id = c.id)"
+#define LAST_STATUS(cmp) "(c.last_appointment_status = " cmp ") IS TRUE"
+/* The appointment count compares so with $n. */
+#define COUNT(cmp, n) "c.appointment_count " cmp " $" n "::int"
 
 struct result {
     enum cr_err err;
@@ -146,7 +141,7 @@ static void test_flat(void)
     CHECK_SQL("{\"has_appointment\": true}", SEG_CHANNEL_EMAIL, 1, HAS_APPT " AND " REACH_EMAIL,
               NULL);
     CHECK_SQL("{\"has_appointment\": false}", SEG_CHANNEL_EMAIL, 1,
-              "NOT " HAS_APPT " AND " REACH_EMAIL, NULL);
+              "c.appointment_count = 0 AND " REACH_EMAIL, NULL);
     CHECK_SQL("{\"tags_any\": [\"a\", \"b\"], \"timezone\": \"Europe/Paris\"}", SEG_CHANNEL_SMS, 4,
               "(c.tags && $4::text[] AND c.timezone = $5::text) AND " REACH_SMS, "{\"a\",\"b\"}",
               "Europe/Paris", NULL);
@@ -182,17 +177,26 @@ static void test_days_ops(void)
     CHECK_SQL("{\"days_since_last_contact\": 100000}", SEG_CHANNEL_SMS, 2,
               CONTACT_GTE("2") " AND " REACH_SMS, "100000", NULL);
 
-    /* Interactions in scope (here: all of them). */
+    /* Interactions in scope (here: all of them, so c.last_interaction_at). */
     CHECK_SQL("{\"days_since_last_interaction\": 7}", SEG_CHANNEL_SMS, 2,
-              "NOT EXISTS (" IX " AND i.occurred_at > " CUT("2") ") AND " REACH_SMS, "7", NULL);
+              IX_GTE("2") " AND " REACH_SMS, "7", NULL);
     CHECK_SQL("{\"field\": \"days_since_last_interaction\", \"op\": \"lte\", \"value\": 7}",
-              SEG_CHANNEL_SMS, 2,
-              "EXISTS (" IX " AND i.occurred_at > " CUT1("2") ") AND " REACH_SMS, "7", NULL);
+              SEG_CHANNEL_SMS, 2, IX_LTE("2") " AND " REACH_SMS, "7", NULL);
     CHECK_SQL("{\"field\": \"days_since_last_interaction\", \"op\": \"eq\", \"value\": 7}",
+              SEG_CHANNEL_SMS, 2, "(" IX_GTE("2") " AND " IX_LTE("2") ") AND " REACH_SMS, "7",
+              NULL);
+    /* Scoped: the in-scope interactions themselves. */
+    CHECK_SQL("{\"direction\": \"inbound\", \"days_since_last_interaction\": 7}", SEG_CHANNEL_SMS,
+              2,
+              "(EXISTS (" IX DIR("i", "2") ") AND NOT EXISTS (" IX DIR(
+                  "i", "2") " AND i.occurred_at > " CUT("3") ")) AND " REACH_SMS,
+              "{\"inbound\"}", "7", NULL);
+    CHECK_SQL("{\"all\": [{\"channel\": \"sms\"}, {\"field\": \"days_since_last_interaction\", "
+              "\"op\": \"lte\", \"value\": 7}]}",
               SEG_CHANNEL_SMS, 2,
-              "(NOT EXISTS (" IX " AND i.occurred_at > " CUT(
-                  "2") ") AND EXISTS (" IX " AND i.occurred_at > " CUT1("2") ")) AND " REACH_SMS,
-              "7", NULL);
+              "(EXISTS (" IX CH("i", "2") ") AND EXISTS (" IX CH(
+                  "i", "2") " AND i.occurred_at > " CUT1("3") ")) AND " REACH_SMS,
+              "{\"sms\"}", "7", NULL);
     /* A visit is a web interaction unless a channel or metadata key scopes it. */
     CHECK_SQL("{\"days_since_visit\": 3}", SEG_CHANNEL_SMS, 2,
               "NOT EXISTS (" IX
@@ -305,34 +309,42 @@ static void test_interaction_exists(void)
 }
 
 /* booking_intent / satisfaction: the latest in-scope interaction that has a
- * value (no later one with a value). */
+ * value. Unscoped: the customers row's summary column, never NULL-valued. */
 static void test_latest(void)
 {
     CHECK_SQL("{\"booking_intent\": true}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+              "c.last_booking_intent IS TRUE AND " REACH_SMS, NULL);
     CHECK_SQL("{\"booking_intent\": false}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "NOT i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+              "c.last_booking_intent IS FALSE AND " REACH_SMS, NULL);
     CHECK_SQL("{\"min_satisfaction\": 4}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "4",
-              NULL);
+              RATING(">= $2::int") " AND " REACH_SMS, "4", NULL);
     CHECK_SQL("{\"max_satisfaction\": 2}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.satisfaction <= $2::int", "", "satisfaction") " AND " REACH_SMS, "2",
-              NULL);
-    CHECK_SQL("{\"satisfaction\": 5}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "5",
-              NULL);
+              RATING("<= $2::int") " AND " REACH_SMS, "2", NULL);
+    CHECK_SQL("{\"satisfaction\": 5}", SEG_CHANNEL_SMS, 2, RATING(">= $2::int") " AND " REACH_SMS,
+              "5", NULL);
     CHECK_SQL("{\"field\": \"satisfaction\", \"op\": \"eq\", \"value\": 3}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.satisfaction = $2::int", "", "satisfaction") " AND " REACH_SMS, "3",
-              NULL);
+              RATING("= $2::int") " AND " REACH_SMS, "3", NULL);
     CHECK_SQL("{\"field\": \"satisfaction\", \"op\": \"lte\", \"value\": 1}", SEG_CHANNEL_SMS, 2,
-              LATEST("", "i.satisfaction <= $2::int", "", "satisfaction") " AND " REACH_SMS, "1",
-              NULL);
+              RATING("<= $2::int") " AND " REACH_SMS, "1", NULL);
     CHECK_SQL("{\"field\": \"min_satisfaction\", \"op\": \"gte\", \"value\": 1}", SEG_CHANNEL_SMS,
-              2, LATEST("", "i.satisfaction >= $2::int", "", "satisfaction") " AND " REACH_SMS, "1",
-              NULL);
-    /* "not" of a latest-value condition is exact: the EXISTS is two-valued. */
+              2, RATING(">= $2::int") " AND " REACH_SMS, "1", NULL);
+    /* "not" of a latest-value condition is exact: IS TRUE is two-valued. */
     CHECK_SQL("{\"not\": {\"booking_intent\": true}}", SEG_CHANNEL_SMS, 2,
-              "NOT " LATEST("", "i.booking_intent", "", "booking_intent") " AND " REACH_SMS, NULL);
+              "NOT c.last_booking_intent IS TRUE AND " REACH_SMS, NULL);
+    CHECK_SQL("{\"not\": {\"max_satisfaction\": 3}}", SEG_CHANNEL_SMS, 2,
+              "NOT " RATING("<= $2::int") " AND " REACH_SMS, "3", NULL);
+
+    /* Scoped: the latest in-scope row (no later in-scope one with a value). */
+    CHECK_SQL("{\"direction\": \"outbound\", \"booking_intent\": false}", SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX DIR("i", "2") ") AND " LATEST(DIR("i", "2"), "NOT i.booking_intent",
+                                                           DIR("j", "2"),
+                                                           "booking_intent") ") AND " REACH_SMS,
+              "{\"outbound\"}", NULL);
+    CHECK_SQL("{\"metadata_key\": \"k\", \"max_satisfaction\": 2}", SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX KEY("i", "2") ") AND " LATEST(
+                  KEY("i", "2"), "i.satisfaction <= $3::int", KEY("j", "2"),
+                  "satisfaction") ") AND " REACH_SMS,
+              "{\"k\"}", "2", NULL);
 }
 
 /* The interaction scope: a channel / direction / metadata_key condition
@@ -364,8 +376,8 @@ static void test_scope(void)
     /* ...but a member of a bigger object scopes only that object. */
     CHECK_SQL("{\"all\": [{\"channel\": \"voice\", \"tags\": [\"a\"]}, {\"min_satisfaction\": 4}]}",
               SEG_CHANNEL_SMS, 2,
-              "((EXISTS (" IX CH("i", "2") ") AND c.tags @> $3::text[]) AND " LATEST(
-                  "", "i.satisfaction >= $4::int", "", "satisfaction") ") AND " REACH_SMS,
+              "((EXISTS (" IX CH("i", "2") ") AND c.tags @> $3::text[]) AND " RATING(
+                  ">= $4::int") ") AND " REACH_SMS,
               "{\"voice\"}", "{\"a\"}", "4", NULL);
     /* Visits with a channel scope are that channel's interactions. */
     CHECK_SQL("{\"channel\": \"in_person\", \"days_since_visit\": 10}", SEG_CHANNEL_SMS, 2,
@@ -385,13 +397,11 @@ static void test_scope(void)
               "{\"sms\"}", "{\"voice\"}", "2", NULL);
     /* "any" elements do not scope each other... */
     CHECK_SQL("{\"any\": [{\"channel\": \"sms\"}, {\"booking_intent\": true}]}", SEG_CHANNEL_SMS, 2,
-              "(EXISTS (" IX CH("i", "2") ") OR " LATEST("", "i.booking_intent", "",
-                                                         "booking_intent") ") AND " REACH_SMS,
+              "(EXISTS (" IX CH("i", "2") ") OR c.last_booking_intent IS TRUE) AND " REACH_SMS,
               "{\"sms\"}", NULL);
     /* ...nor does a condition under "not" scope its siblings. */
     CHECK_SQL("{\"not\": {\"channel\": \"sms\"}, \"booking_intent\": true}", SEG_CHANNEL_SMS, 2,
-              "(NOT EXISTS (" IX CH("i", "2") ") AND " LATEST("", "i.booking_intent", "",
-                                                              "booking_intent") ") AND " REACH_SMS,
+              "(NOT EXISTS (" IX CH("i", "2") ") AND c.last_booking_intent IS TRUE) AND " REACH_SMS,
               "{\"sms\"}", NULL);
     /* The three kinds together; each source is scoped by the other two. */
     CHECK_SQL("{\"metadata_key\": \"k\", \"direction\": \"inbound\", \"channel\": \"web\", "
@@ -412,8 +422,7 @@ static void test_scope(void)
     /* A channel in a nested "all" scopes only that list. */
     CHECK_SQL("{\"all\": [{\"all\": [{\"channel\": \"sms\"}]}, {\"booking_intent\": true}]}",
               SEG_CHANNEL_SMS, 2,
-              "(EXISTS (" IX CH("i", "2") ") AND " LATEST("", "i.booking_intent", "",
-                                                          "booking_intent") ") AND " REACH_SMS,
+              "(EXISTS (" IX CH("i", "2") ") AND c.last_booking_intent IS TRUE) AND " REACH_SMS,
               "{\"sms\"}", NULL);
     /* Two of a kind at one level: an error naming it. */
     CHECK_FAILS("{\"all\": [{\"channel\": \"sms\"}, {\"field\": \"channel\", \"value\": "
@@ -441,20 +450,33 @@ static void test_appointments(void)
               SEG_CHANNEL_EMAIL, 3, LAST_STATUS("ANY($3::text[])") " AND " REACH_EMAIL,
               "{\"scheduled\",\"completed\"}", NULL);
 
+    CHECK_SQL("{\"not\": {\"last_appointment_status\": \"completed\"}}", SEG_CHANNEL_SMS, 2,
+              "NOT " LAST_STATUS("$2::text") " AND " REACH_SMS, "completed", NULL);
+    /* Appointments are never narrowed by an interaction scope. */
+    CHECK_SQL("{\"channel\": \"sms\", \"last_appointment_status\": \"cancelled\", "
+              "\"appointment_count_max\": 1, \"has_appointment\": true, "
+              "\"days_since_last_appointment\": 7}",
+              SEG_CHANNEL_SMS, 2,
+              "(EXISTS (" IX CH("i", "2") ") AND " LAST_STATUS("$3::text") " AND " COUNT(
+                  "<=", "4") " AND " HAS_APPT " AND " APPT_GTE("5") ") AND " REACH_SMS,
+              "{\"sms\"}", "cancelled", "1", "7", NULL);
+
     CHECK_SQL("{\"appointment_count_min\": 2}", SEG_CHANNEL_SMS, 2,
-              GROUPS(">=", "2") " AND " REACH_SMS, "2", NULL);
+              COUNT(">=", "2") " AND " REACH_SMS, "2", NULL);
     CHECK_SQL("{\"appointment_count_max\": 1}", SEG_CHANNEL_SMS, 2,
-              "NOT " GROUPS(">", "2") " AND " REACH_SMS, "1", NULL);
+              COUNT("<=", "2") " AND " REACH_SMS, "1", NULL);
     CHECK_SQL("{\"appointment_count_max\": 0}", SEG_CHANNEL_SMS, 2,
-              "NOT " GROUPS(">", "2") " AND " REACH_SMS, "0", NULL);
-    CHECK_SQL("{\"appointment_count\": 3}", SEG_CHANNEL_SMS, 2, GROUPS(">=", "2") " AND " REACH_SMS,
+              COUNT("<=", "2") " AND " REACH_SMS, "0", NULL);
+    CHECK_SQL("{\"appointment_count\": 3}", SEG_CHANNEL_SMS, 2, COUNT(">=", "2") " AND " REACH_SMS,
               "3", NULL);
     CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"eq\", \"value\": 1}", SEG_CHANNEL_SMS,
-              2, GROUPS("=", "2") " AND " REACH_SMS, "1", NULL);
+              2, COUNT("=", "2") " AND " REACH_SMS, "1", NULL);
     CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"eq\", \"value\": 0}", SEG_CHANNEL_SMS,
-              2, "NOT " GROUPS(">", "2") " AND " REACH_SMS, "0", NULL);
+              2, COUNT("=", "2") " AND " REACH_SMS, "0", NULL);
     CHECK_SQL("{\"field\": \"appointment_count\", \"op\": \"lte\", \"value\": 1000000}",
-              SEG_CHANNEL_SMS, 2, "NOT " GROUPS(">", "2") " AND " REACH_SMS, "1000000", NULL);
+              SEG_CHANNEL_SMS, 2, COUNT("<=", "2") " AND " REACH_SMS, "1000000", NULL);
+    CHECK_SQL("{\"not\": {\"appointment_count_min\": 2}}", SEG_CHANNEL_SMS, 2,
+              "NOT " COUNT(">=", "2") " AND " REACH_SMS, "2", NULL);
     /* "at least 0" is everyone, and uses no parameter (PostgreSQL cannot
      * type an unused one). */
     CHECK_SQL("{\"appointment_count_min\": 0, \"tags\": [\"a\"]}", SEG_CHANNEL_SMS, 2,
@@ -817,9 +839,12 @@ static void test_limits(void)
     seg_query_cleanup(&r.q);
     free(j);
 
-    /* The generated SQL has a size limit: 250 latest-value conditions
-     * (about 300 bytes each) exceed 64 KiB. */
+    /* The generated SQL has a size limit: 250 scoped latest-value
+     * conditions (about 350 bytes each) exceed 64 KiB. */
     j = repeated("{\"booking_intent\": true}", 250);
+    char *scoped = xasprintf("{\"channel\": \"sms\", %s", j + 1);
+    free(j);
+    j = scoped;
     compile(j, SEG_CHANNEL_SMS, 2, &r);
     CHECK(r.err == CR_EINVAL);
     CHECK_STR(r.field, "criteria");
