@@ -168,6 +168,24 @@ static const char *const *allowed_actions(const char *status)
  * Validation
  * ------------------------------------------------------------------- */
 
+/* The fields a client may send in a campaign document. All but
+ * agent_template_id are stored (and so read back for a PATCH merge). */
+static const char *const campaign_fields[] = {"name",
+                                              "type",
+                                              "channel",
+                                              "message",
+                                              "variants",
+                                              "segment",
+                                              "segment_id",
+                                              "provider_account_id",
+                                              "rate_per_minute",
+                                              "send_window",
+                                              "expire_after_minutes",
+                                              "scheduled_at",
+                                              "agent_config",
+                                              "agent_template_id",
+                                              NULL};
+
 struct cerr {
     char field[160];
     char msg[256];
@@ -367,23 +385,9 @@ static int check_variants(const cJSON *vars, enum seg_channel ch, struct cerr *e
  * possibly from agent_template_id; NULL when none). */
 static int validate_campaign(const cJSON *in, struct cerr *e, cJSON **agent)
 {
-    static const char *const keys[] = {"name",
-                                       "type",
-                                       "channel",
-                                       "message",
-                                       "variants",
-                                       "segment",
-                                       "segment_id",
-                                       "provider_account_id",
-                                       "rate_per_minute",
-                                       "send_window",
-                                       "expire_after_minutes",
-                                       "scheduled_at",
-                                       "agent_config",
-                                       "agent_template_id",
-                                       NULL};
+
     *agent = NULL;
-    const char *bad = http_unknown_key(in, keys);
+    const char *bad = http_unknown_key(in, campaign_fields);
     if (bad)
         return cfail(e, bad, "unknown field %s", bad);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
@@ -697,28 +701,15 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
     }
     cJSON *patch = r->state;
     /* The editable document: the stored fields, then the patch over them. */
-    static const char *const editable[] = {"name",
-                                           "type",
-                                           "channel",
-                                           "message",
-                                           "variants",
-                                           "segment",
-                                           "segment_id",
-                                           "provider_account_id",
-                                           "rate_per_minute",
-                                           "send_window",
-                                           "expire_after_minutes",
-                                           "scheduled_at",
-                                           "agent_config",
-                                           NULL};
+
     cJSON *doc = cJSON_CreateObject();
-    for (int i = 0; editable[i]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cur, editable[i]);
+    for (int i = 0; campaign_fields[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cur, campaign_fields[i]);
         /* Stored empty defaults ({} message, [] variants) mean "absent". */
         if (v && !cJSON_IsNull(v) &&
             !((cJSON_IsObject(v) || cJSON_IsArray(v)) && !v->child &&
-              strcmp(editable[i], "segment")))
-            cJSON_AddItemToObject(doc, editable[i], cJSON_Duplicate(v, 1));
+              strcmp(campaign_fields[i], "segment")))
+            cJSON_AddItemToObject(doc, campaign_fields[i], cJSON_Duplicate(v, 1));
     }
     if (cJSON_GetObjectItemCaseSensitive(doc, "segment_id"))
         cJSON_DeleteItemFromObject(doc, "segment"); /* the copy follows the saved segment */

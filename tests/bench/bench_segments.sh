@@ -15,30 +15,10 @@
 # a temporary directory and stops them at the end. Generating the data takes a few
 # minutes; it is VACUUM ANALYZEd before timing (as autovacuum would leave it), the
 # customers table after a VACUUM FULL (see below).
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 N=${CRIER_BENCH_CUSTOMERS:-1000000}
 RUNS=${CRIER_BENCH_RUNS:-5}
-BUILD=${CRIER_BUILD_DIR:-$ROOT/build}
-
-if [ ! -x "$BUILD/crier-api" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-fi
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
-
-STACK=$(mktemp -d /tmp/crier-bench.XXXXXX)
-chmod 755 "$STACK"
-cleanup() {
-  "$ROOT/deploy/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
-  rm -rf "$STACK"
-}
-trap cleanup EXIT
-"$ROOT/deploy/stack.sh" start "$STACK" >/dev/null
-
-export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
-export CRIER_TEST_TMP=$STACK/run
-# shellcheck source=tests/lib.sh
-. "$ROOT/tests/lib.sh"
 t_init bench_segments
 t_tenant_key other
 OTHER=$T_TENANT

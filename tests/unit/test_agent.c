@@ -341,12 +341,13 @@ static void test_text_lengths(void)
     cJSON *cfg = base();
 
     /* name: 200 characters pass even as 400 bytes of UTF-8. */
-    big[0] = '\0';
     for (int i = 0; i < 200; i++)
-        strcat(big, "\xc3\xa9");
+        memcpy(big + 2 * i, "\xc3\xa9", 2);
+    big[400] = '\0';
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "name", cJSON_CreateString(big));
     CHECK(run(cfg) == CR_OK);
-    strcat(big, "e");
+    big[400] = 'e';
+    big[401] = '\0';
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "name", cJSON_CreateString(big));
     memset(big, 'p', 8001);
     big[8001] = '\0';
