@@ -99,6 +99,7 @@ static const char sql_action[] =
     "               ELSE c.paused_at END,"
     "   completed_at = CASE WHEN $5 = 'complete' THEN now() ELSE c.completed_at END,"
     "   cancelled_at = CASE WHEN $5 = 'cancel' THEN now() ELSE c.cancelled_at END,"
+    "   resume_gen = c.resume_gen + CASE WHEN $5 = 'resume' THEN 1 ELSE 0 END,"
     "   updated_at = now()"
     "   FROM cur WHERE c.id = cur.id AND cur.status = ANY($3::text[])"
     "     AND ($5 <> 'launch' OR cur.channel = ANY($7::text[]))"

@@ -38,6 +38,9 @@ enum cr_err expand_pending_campaigns(struct disp *d) CR_MUST_CHECK;
 enum cr_err repair_outbox(struct disp *d, long min_age_s) CR_MUST_CHECK;
 /* Moves scheduled campaigns whose scheduled_at has passed to running. */
 enum cr_err start_scheduled(struct disp *d) CR_MUST_CHECK;
+/* Enqueues again the queued deliveries of campaigns resumed since their
+ * jobs were dropped while paused. */
+enum cr_err requeue_resumed(struct disp *d) CR_MUST_CHECK;
 /* Re-enqueues deliveries whose retry is due. */
 enum cr_err promote_retries(struct disp *d) CR_MUST_CHECK;
 /* Moves running campaigns whose every delivery is terminal to completed. */

@@ -81,8 +81,10 @@ static const char sql_stale_pending[] =
 /* Due retries go back to 'pending' (not 'queued'): the outbox rule then
  * guarantees their job even if we crash before the XADD. */
 static const char sql_promote[] =
-    "WITH due AS (SELECT id FROM deliveries WHERE status = 'retry' AND next_attempt_at <= now()"
-    "  ORDER BY next_attempt_at LIMIT 2000 FOR UPDATE SKIP LOCKED)"
+    "WITH due AS (SELECT d.id FROM deliveries d WHERE d.status = 'retry'"
+    "  AND d.next_attempt_at <= now() AND EXISTS (SELECT 1 FROM campaigns k"
+    "    WHERE k.tenant_id = d.tenant_id AND k.id = d.campaign_id AND k.status = 'running')"
+    "  ORDER BY d.next_attempt_at LIMIT 2000 FOR UPDATE OF d SKIP LOCKED)"
     " UPDATE deliveries d SET status = 'pending', updated_at = now() FROM due"
     " WHERE d.id = due.id"
     " RETURNING d.tenant_id, d.campaign_id, d.channel, d.id";
@@ -91,6 +93,20 @@ static const char sql_promote[] =
 static const char sql_start_scheduled[] =
     "UPDATE campaigns SET status = 'running', launched_at = now(), updated_at = now()"
     " WHERE status = 'scheduled' AND scheduled_at <= now() RETURNING id, tenant_id";
+
+/* Resumed campaigns whose queued deliveries must be enqueued again. */
+static const char sql_resumed[] = "SELECT id, tenant_id, channel, resume_gen FROM campaigns"
+                                  " WHERE status = 'running' AND resume_gen > requeued_gen";
+
+/* One keyset page of a campaign's queued deliveries. */
+static const char sql_queued_page[] =
+    "SELECT string_agg(id::text, ',' ORDER BY id), max(id) FROM"
+    " (SELECT id FROM deliveries WHERE tenant_id = $1 AND campaign_id = $2 AND status = 'queued'"
+    "   AND id > $3::bigint ORDER BY id LIMIT 2000) p";
+
+static const char sql_requeued[] =
+    "UPDATE campaigns SET requeued_gen = GREATEST(requeued_gen, $3::int)"
+    " WHERE tenant_id = $1 AND id = $2";
 
 static const char sql_complete[] =
     "UPDATE campaigns k SET status = 'completed', completed_at = now(), updated_at = now()"
@@ -332,6 +348,39 @@ enum cr_err start_scheduled(struct disp *d)
                  PQgetvalue(res, i, 1));
     PQclear(res);
     return CR_OK;
+}
+
+enum cr_err requeue_resumed(struct disp *d)
+{
+    PGresult *res = NULL;
+    enum cr_err err = db_exec(d->pg, "resumed campaigns", sql_resumed, 0, NULL, &res);
+    if (err)
+        return err;
+    for (int i = 0; i < PQntuples(res) && !err; i++) {
+        const char *id = PQgetvalue(res, i, 0), *tenant = PQgetvalue(res, i, 1);
+        char after[24] = "0";
+        for (;;) {
+            const char *p[] = {tenant, id, after};
+            PGresult *page = NULL;
+            if ((err = db_exec(d->pg, "queued page", sql_queued_page, 3, p, &page)) != CR_OK)
+                break;
+            bool empty = PQgetisnull(page, 0, 0);
+            if (!empty) {
+                err = enqueue_list(d, PQgetvalue(res, i, 2), tenant, id, PQgetvalue(page, 0, 0),
+                                   false, "after a resume");
+                snprintf(after, sizeof(after), "%s", PQgetvalue(page, 0, 1));
+            }
+            PQclear(page);
+            if (empty || err)
+                break;
+        }
+        if (!err) {
+            const char *p[] = {tenant, id, PQgetvalue(res, i, 3)};
+            err = db_exec(d->pg, "requeued", sql_requeued, 3, p, NULL);
+        }
+    }
+    PQclear(res);
+    return err;
 }
 
 enum cr_err complete_campaigns(struct disp *d)

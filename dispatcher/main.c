@@ -176,6 +176,8 @@ int main(int argc, char **argv)
             last_repair = time(NULL);
         }
         if (!e)
+            e = requeue_resumed(&d);
+        if (!e)
             e = promote_retries(&d);
         if (!e)
             e = complete_campaigns(&d);

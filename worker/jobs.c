@@ -20,6 +20,11 @@ static const char sql_claim[] =
     "    claimed_at = now(), updated_at = now()"
     "  FROM j WHERE d.id = j.id AND d.tenant_id = j.tenant_id"
     "    AND d.status IN ('pending', 'queued')"
+    /* A paused (or no longer running) campaign's jobs are not claimed: they
+     * are acknowledged below and the dispatcher enqueues them again on
+     * resume. */
+    "    AND EXISTS (SELECT 1 FROM campaigns k WHERE k.tenant_id = d.tenant_id"
+    "      AND k.id = d.campaign_id AND k.status = 'running')"
     "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts)"
     " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
@@ -214,7 +219,8 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
             }
         }
     }
-    /* Not claimed: already handled by another worker, or a duplicate job. */
+    /* Not claimed: already handled by another worker, a duplicate job, or
+     * its campaign is paused (resume enqueues it again). */
     char **unclaimed = xcalloc((size_t)c->n, sizeof(char *));
     int nu = 0;
     for (int i = 0; i < c->n; i++)
