@@ -308,16 +308,9 @@ out:
 
 static void list_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
 {
-    struct api_req *r = arg;
     (void)sqlstate;
-    if (!res) {
-        http_reply_dependency(r, "postgres", errmsg);
-        return;
-    }
-    cJSON *root = cJSON_CreateObject();
-    cJSON *items = cJSON_Parse(PQgetvalue(res, 0, 0));
-    cJSON_AddItemToObject(root, "provider_accounts", items ? items : cJSON_CreateArray());
-    http_reply_json(r, 200, root);
+    /* Not paged (a tenant has a handful of accounts): next_cursor is null. */
+    http_reply_page(arg, res, errmsg, "provider_accounts", -1);
 }
 
 void providers_list(struct api_req *r)
