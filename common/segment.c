@@ -1212,8 +1212,9 @@ enum cr_err seg_channel_parse(const char *s, enum seg_channel *out)
     return CR_EINVAL;
 }
 
-enum cr_err seg_compile(const cJSON *criteria, enum seg_channel channel, int first_param,
-                        struct seg_query *out, char *field, size_t fieldsz, char *msg, size_t msgsz)
+static enum cr_err compile(const cJSON *criteria, enum seg_channel channel, bool reachable,
+                           int first_param, struct seg_query *out, char *field, size_t fieldsz,
+                           char *msg, size_t msgsz)
 {
     struct seg_ctx cx = {.q = out,
                          .first_param = first_param,
@@ -1239,18 +1240,37 @@ enum cr_err seg_compile(const cJSON *criteria, enum seg_channel channel, int fir
     if (criteria && !cJSON_IsObject(criteria))
         return seg_fail(&cx, "criteria", "criteria must be a JSON object");
 
-    /* {} (or no criteria) selects everyone reachable. */
+    /* {} (or no criteria) selects everyone (reachable). */
+    if (!reachable)
+        seg_puts(&cx, "TRUE");
     if (criteria && cJSON_GetArraySize(criteria) > 0) {
+        if (!reachable)
+            seg_puts(&cx, " AND ");
         e = seg_node(&cx, criteria, 0);
         if (e != CR_OK)
             return e;
-        seg_puts(&cx, " AND ");
+        if (reachable)
+            seg_puts(&cx, " AND ");
     }
-    seg_puts(&cx, seg_channels[channel].reachable);
+    if (reachable)
+        seg_puts(&cx, seg_channels[channel].reachable);
     if (cx.too_big)
         return seg_fail(&cx, "criteria", "criteria are too large (at most %d bytes of SQL)",
                         SEG_MAX_SQL);
     return CR_OK;
+}
+
+enum cr_err seg_compile(const cJSON *criteria, enum seg_channel channel, int first_param,
+                        struct seg_query *out, char *field, size_t fieldsz, char *msg, size_t msgsz)
+{
+    return compile(criteria, channel, true, first_param, out, field, fieldsz, msg, msgsz);
+}
+
+enum cr_err seg_compile_matching(const cJSON *criteria, enum seg_channel channel, int first_param,
+                                 struct seg_query *out, char *field, size_t fieldsz, char *msg,
+                                 size_t msgsz)
+{
+    return compile(criteria, channel, false, first_param, out, field, fieldsz, msg, msgsz);
 }
 
 void seg_query_cleanup(struct seg_query *q)

@@ -42,6 +42,12 @@ struct seg_query {
 enum cr_err seg_compile(const cJSON *criteria, enum seg_channel channel, int first_param,
                         struct seg_query *out, char *field, size_t fieldsz, char *msg,
                         size_t msgsz) CR_MUST_CHECK;
+/* The same criteria without the reachability clause: every customer the
+ * criteria match, opted out, suppressed or without an address included (a
+ * campaign's expansion records those as skipped, with the reason). */
+enum cr_err seg_compile_matching(const cJSON *criteria, enum seg_channel channel, int first_param,
+                                 struct seg_query *out, char *field, size_t fieldsz, char *msg,
+                                 size_t msgsz) CR_MUST_CHECK;
 void seg_query_cleanup(struct seg_query *q);
 /* Parses "sms"|"email"|"voice"; CR_EINVAL otherwise. */
 enum cr_err seg_channel_parse(const char *s, enum seg_channel *out) CR_MUST_CHECK;

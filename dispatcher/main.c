@@ -1,10 +1,14 @@
 /* crier-dispatcher - expands launched campaigns into deliveries and jobs,
- * repairs the outbox after crashes, and completes finished campaigns.
+ * releases them at each campaign's pace and in each recipient's send
+ * window, moves due delayed jobs to the streams, and completes finished
+ * campaigns.
  *
  * Blocking by design: one loop, one PostgreSQL and one Redis connection.
- * The actions stream (group "dispatchers") only wakes the loop early;
- * PostgreSQL's campaign state is what the loop acts on, so a lost action,
- * a Redis outage or a crash delays work but never loses it. */
+ * Several dispatchers may run: campaigns are shared out by leases
+ * (lease.c); everything else is safe in parallel. The actions stream
+ * (group "dispatchers") only wakes the loop early; PostgreSQL's campaign
+ * state is what the loop acts on, so a lost action, a Redis outage or a
+ * crash delays work but never loses it. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,11 +42,46 @@ static const struct cfg_row disp_rows[] = {
      NULL, 0, 0, "customers per expansion page (one statement per page)"},
     {"CRIER_DISPATCH_POLL_MS", CFG_INT, offsetof(struct disp_config, poll_ms), "500", 50, 10000,
      NULL, 0, 0, "longest wait for an action before polling PostgreSQL"},
+    {"CRIER_LEASE_SECONDS", CFG_INT, offsetof(struct disp_config, lease_s), "10", 2, 600, NULL, 0,
+     0, "a campaign's lease; a dead dispatcher's campaigns are taken over after it"},
+    {"CRIER_DISPATCH_SLICE_MS", CFG_INT, offsetof(struct disp_config, slice_ms), "1000", 20, 10000,
+     NULL, 0, 0, "longest run on one campaign before the loop turns to the others"},
     {"CRIER_OUTBOX_REPAIR_AFTER", CFG_INT, offsetof(struct disp_config, repair_after_s), "30", 1,
      3600, NULL, 0, 0, "seconds a delivery may stay 'pending' before it is enqueued again"},
     CFG_COMMON_ROWS(struct disp_config),
 };
 #define NROWS (sizeof(disp_rows) / sizeof(disp_rows[0]))
+
+#define MAX_HELD 16
+
+/* Work left that needs no waiting: the loop comes straight back. */
+static bool campaign_busy(const struct campaign *c)
+{
+    if (c->broken)
+        return false;
+    return !c->expanded || (campaign_unreleased(c) && c->wait_ms == 0);
+}
+
+/* One slice of a held campaign's work: serve a resume, release what is
+ * owed, then expand further. */
+static enum cr_err work_campaign(struct disp *d, struct campaign *c)
+{
+    long long deadline = now_ms() + d->cfg->slice_ms;
+    enum cr_err e = CR_OK;
+    if (c->rewind)
+        e = rewind_campaign(d, c);
+    if (!e && campaign_unreleased(c))
+        e = release_campaign(d, c, deadline);
+    /* An unpaced campaign's expansion releases each page itself, so it
+     * starts only once everything before it is released. */
+    if (!e && !c->expanded && (c->rate > 0 || !campaign_unreleased(c)) && now_ms() < deadline)
+        e = expand_campaign(d, c, deadline);
+    if (e == CR_EINVAL) {
+        c->broken = true; /* logged; it must not stop the others */
+        e = CR_OK;
+    }
+    return e;
+}
 
 static void disconnect(struct disp *d)
 {
@@ -78,12 +117,12 @@ static enum cr_err connect_all(struct disp *d)
 }
 
 /* Waits for actions; acks them (the state they announce is in PostgreSQL). */
-static enum cr_err wait_actions(struct disp *d)
+static enum cr_err wait_actions(struct disp *d, long block_ms)
 {
     redisReply *r = redisCommand(d->redis,
                                  "XREADGROUP GROUP dispatchers %s COUNT 64 BLOCK %ld "
                                  "STREAMS %s >",
-                                 d->consumer, d->cfg->poll_ms, d->keys.actions);
+                                 d->consumer, block_ms, d->keys.actions);
     if (!r) {
         log_warn("redis: %s", d->redis->errstr);
         return CR_EREDIS;
@@ -148,6 +187,7 @@ int main(int argc, char **argv)
     }
     log_info("dispatcher %s starting", d.consumer);
 
+    static struct campaign held[MAX_HELD];
     bool repaired = false;
     time_t last_repair = time(NULL);
     int backoff_ms = 100;
@@ -163,26 +203,39 @@ int main(int argc, char **argv)
             /* After a restart, anything left pending by the previous run
              * gets its job now. */
             e = repair_outbox(&d, 0);
-            if (!e)
-                e = repair_unenqueued(&d);
             repaired = e == CR_OK;
         }
         if (!e)
-            e = start_scheduled(&d);
+            e = move_due(&d, true);
+        int n = 0;
         if (!e)
-            e = expand_pending_campaigns(&d);
+            e = lease_campaigns(&d, held, MAX_HELD, &n);
+        long block_ms = cfg.poll_ms;
+        for (int i = 0; i < n && !e && !stop_flag; i++) {
+            e = work_campaign(&d, &held[i]);
+            if (campaign_busy(&held[i]))
+                block_ms = 0;
+            else if (held[i].wait_ms > 0 && held[i].wait_ms < block_ms)
+                block_ms = (long)held[i].wait_ms;
+        }
+        for (int i = 0; i < n; i++)
+            campaign_cleanup(&held[i]);
         if (!e && time(NULL) - last_repair >= 10) {
             e = repair_outbox(&d, cfg.repair_after_s);
             last_repair = time(NULL);
         }
         if (!e)
-            e = requeue_resumed(&d);
-        if (!e)
             e = promote_retries(&d);
         if (!e)
             e = complete_campaigns(&d);
-        if (!e && !stop_flag)
-            e = wait_actions(&d);
+        if (!e && d.next_move_ms >= 0 && d.next_move_ms < block_ms)
+            block_ms = d.next_move_ms;
+        if (!e && !stop_flag) {
+            if (block_ms > 0)
+                e = wait_actions(&d, block_ms);
+            else
+                e = move_due(&d, false);
+        }
         if (e == CR_EPG || e == CR_EREDIS) {
             log_warn("dependency error (%s); reconnecting", cr_strerror(e));
             disconnect(&d);
@@ -192,6 +245,7 @@ int main(int argc, char **argv)
         }
         backoff_ms = 100;
     }
+    lease_release_all(&d);
     log_info("dispatcher stopping");
     disconnect(&d);
     cfg_cleanup(disp_rows, NROWS, &cfg);

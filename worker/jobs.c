@@ -8,31 +8,73 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gate.h"
 #include "log.h"
 #include "worker.h"
 #include "xalloc.h"
 
-/* $1 delivery ids, $2 their tenants, $3 this worker. */
+/* $1 delivery ids, $2 their tenants, $3 this worker.
+ * The gate: a delivery is claimed only while its campaign runs; one that
+ * must not be contacted now (opted out, suppressed, no address, frequency
+ * cap, past the campaign's expiry, customer deleted) becomes 'skipped' with
+ * the reason; one whose recipient is outside the send window stays 'queued'
+ * and comes back as a deferral (kind 'd': due time and crier:delayed
+ * member), which the worker ZADDs before acknowledging the entry. A paused
+ * campaign's jobs are acknowledged unsent (resume releases them again).
+ * Claimed rows (kind 's') carry what the send needs; see send.c's COL_*. */
 static const char sql_claim[] =
     "WITH j AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS j(id, tenant_id)),"
+    " g AS (SELECT d.id, d.tenant_id, d.channel, d.campaign_id,"
+    "   COALESCE(k.rate_per_minute, 0) AS rate,"
+    "   COALESCE(CASE WHEN now() > " GATE_DEADLINE_SQL " THEN 'expired' END,"
+    "     " GATE_SKIP_SQL("d.channel", "TRUE", "t.frequency_cap_7d") ") AS skip,"
+    "   crier_window_due(COALESCE(c.timezone, 'UTC'), k.send_window, now()) AS due,"
+    "   " GATE_DEADLINE_SQL " AS deadline"
+    "  FROM j JOIN deliveries d ON d.id = j.id AND d.tenant_id = j.tenant_id"
+    "   AND d.status IN ('pending', 'queued')"
+    "  JOIN campaigns k ON k.tenant_id = d.tenant_id AND k.id = d.campaign_id"
+    "   AND k.status = 'running'"
+    "  JOIN tenants t ON t.id = d.tenant_id"
+    "  LEFT JOIN customers c ON c.tenant_id = d.tenant_id AND c.id = d.customer_id),"
+    " g2 AS (SELECT g.*, COALESCE(g.skip, CASE WHEN g.due > g.deadline THEN 'expired' END)"
+    "   AS reason FROM g),"
     " claimed AS ("
-    "  UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, claimed_by = $3,"
-    "    claimed_at = now(), updated_at = now()"
-    "  FROM j WHERE d.id = j.id AND d.tenant_id = j.tenant_id"
+    "  UPDATE deliveries d SET"
+    "    status = CASE WHEN g2.reason IS NULL THEN 'sending' ELSE 'skipped' END,"
+    "    skip_reason = g2.reason,"
+    "    attempts = d.attempts + CASE WHEN g2.reason IS NULL THEN 1 ELSE 0 END,"
+    "    claimed_by = $3, claimed_at = now(), next_attempt_at = NULL, updated_at = now()"
+    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id"
     "    AND d.status IN ('pending', 'queued')"
-    /* A paused (or no longer running) campaign's jobs are not claimed: they
-     * are acknowledged below and the dispatcher enqueues them again on
-     * resume. */
-    "    AND EXISTS (SELECT 1 FROM campaigns k WHERE k.tenant_id = d.tenant_id"
-    "      AND k.id = d.campaign_id AND k.status = 'running')"
-    "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts)"
+    "    AND (g2.reason IS NOT NULL OR g2.due <= now())"
+    "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts, d.status),"
+    " deferred AS ("
+    "  UPDATE deliveries d SET next_attempt_at = g2.due, updated_at = now()"
+    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND d.status = 'queued'"
+    "    AND g2.reason IS NULL AND g2.due > now()"
+    "  RETURNING d.id, d.tenant_id, g2.due,"
+    "    g2.channel || '|' || g2.id || '|' || g2.tenant_id || '|' || g2.campaign_id || '|'"
+    "    || g2.rate AS member)"
     " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
-    "  p.credentials, c.sms_opt_out, cl.campaign_id, cl.customer_id, k.variants::text"
+    "  p.credentials, c.sms_opt_out, cl.campaign_id, cl.customer_id, k.variants::text,"
+    "  's', NULL::bigint, NULL::text"
     " FROM claimed cl"
     " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
-    " LEFT JOIN provider_accounts p ON p.tenant_id = k.tenant_id AND p.id = k.provider_account_id";
+    " LEFT JOIN provider_accounts p ON p.tenant_id = k.tenant_id AND p.id = k.provider_account_id"
+    " WHERE cl.status = 'sending'"
+    " UNION ALL"
+    " SELECT df.id, df.tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    "  NULL, NULL, NULL, NULL, NULL, NULL, 'd', (extract(epoch FROM df.due) * 1000)::bigint,"
+    "  df.member"
+    " FROM deferred df";
+
+/* Columns of a claim row after send.c's: the row's kind, a deferral's due
+ * time (ms since the epoch) and its crier:delayed member. */
+#define CLAIM_COL_KIND 18
+#define CLAIM_COL_DUE 19
+#define CLAIM_COL_MEMBER 20
 
 /* Reclaimed entries whose delivery is still 'sending' long after the claim:
  * the worker died mid-send, the provider may have accepted: unknown. */
@@ -209,8 +251,19 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
         claim_free(c);
         return;
     }
+    int deferred = 0;
     for (int r = 0; r < PQntuples(res); r++) {
         long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+        if (PQgetvalue(res, r, CLAIM_COL_KIND)[0] == 'd') {
+            /* Outside the send window: to crier:delayed, before the ack
+             * below (same connection, so in this order). */
+            if (w->wr)
+                redisAsyncCommand(w->wr, NULL, NULL, "ZADD %s %s %s", w->keys.delayed,
+                                  PQgetvalue(res, r, CLAIM_COL_DUE),
+                                  PQgetvalue(res, r, CLAIM_COL_MEMBER));
+            deferred++;
+            continue;
+        }
         for (int i = 0; i < c->n; i++) {
             if (c->e[i].delivery_id == id && !c->e[i].claimed) {
                 c->e[i].claimed = true;
@@ -219,8 +272,11 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
             }
         }
     }
-    /* Not claimed: already handled by another worker, a duplicate job, or
-     * its campaign is paused (resume enqueues it again). */
+    if (deferred)
+        log_debug("%d jobs outside their send window deferred", deferred);
+    /* Not claimed: deferred above, skipped by the gate, already handled by
+     * another worker, a duplicate job, or its campaign is paused (resume
+     * releases it again). */
     char **unclaimed = xcalloc((size_t)c->n, sizeof(char *));
     int nu = 0;
     for (int i = 0; i < c->n; i++)
