@@ -19,13 +19,17 @@
 
 #define GATE_SKIP_SQL(ch, has_supp, cap)                                                           \
     "CASE WHEN c.id IS NULL THEN 'customer_deleted'"                                               \
-    " WHEN (" GATE_ADDRESS(ch) ") IS NULL THEN 'no_address'"                                       \
-    " WHEN " GATE_OPTED_OUT(ch) " THEN 'opted_out'"                                                \
-    " WHEN " has_supp " AND EXISTS (SELECT 1 FROM suppressions s"                                  \
-    "   WHERE s.tenant_id = c.tenant_id AND s.channel = " ch                                       \
-    "     AND s.address = " GATE_ADDRESS(ch) ") THEN 'suppressed'"                                 \
-    " WHEN " cap " IS NOT NULL AND crier_contacts_7d(c.tenant_id, c.id) >= " cap                    \
-    "   THEN 'frequency_cap' END"
+    " WHEN (" GATE_ADDRESS(                                                                        \
+        ch) ") IS NULL THEN 'no_address'"                                                          \
+            " WHEN " GATE_OPTED_OUT(                                                               \
+                ch) " THEN 'opted_out'"                                                            \
+                    " WHEN " has_supp " AND EXISTS (SELECT 1 FROM suppressions s"                  \
+                    "   WHERE s.tenant_id = c.tenant_id AND s.channel = " ch                       \
+                    "     AND s.address = " GATE_ADDRESS(                                          \
+                        ch) ") THEN 'suppressed'"                                                  \
+                            " WHEN " cap                                                           \
+                            " IS NOT NULL AND crier_contacts_7d(c.tenant_id, c.id) >= " cap        \
+                            "   THEN 'frequency_cap' END"
 
 /* A campaign's deadline (k: campaigns row): sends later than this are
  * skipped as 'expired' instead of firing late. NULL: no expiry. */

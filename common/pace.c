@@ -22,10 +22,11 @@
     "    granted = math.min(want, math.floor(tokens))\n"                                           \
     "    tokens = tokens - granted\n"                                                              \
     "  end\n"                                                                                      \
-    "  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(math.max(now, ts)))\n"  \
+    "  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(math.max(now, ts)))\n"   \
     "  redis.call('PEXPIRE', key, 604800000)\n"                                                    \
     "  local wait = 0\n"                                                                           \
-    "  if granted < want then wait = math.ceil((1 - (tokens - math.floor(tokens))) * 60000 / rate) "\
+    "  if granted < want then wait = math.ceil((1 - (tokens - math.floor(tokens))) * 60000 / "     \
+    "rate) "                                                                                       \
     "end\n"                                                                                        \
     "  return granted, wait\n"                                                                     \
     "end\n"                                                                                        \
@@ -33,45 +34,45 @@
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 /* KEYS[1] bucket; ARGV rate, want. */
-const char pace_lua_take[] = LUA_TAKE_FN
-    "local g, w = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)\n"
-    "return {g, w}\n";
+const char pace_lua_take[] =
+    LUA_TAKE_FN "local g, w = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)\n"
+                "return {g, w}\n";
 
 /* KEYS[1] the delayed set; ARGV prefix, limit. */
 const char pace_lua_move[] =
-    LUA_TAKE_FN
-    "local prefix = ARGV[1]\n"
-    "local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))\n"
-    "local moved = 0\n"
-    "local blocked = {}\n"
-    "for _, m in ipairs(due) do\n"
-    "  local ch, d, tn, c, rate = string.match(m, '^(%a+)|(%d+)|(%d+)|(%d+)|(%d+)$')\n"
-    "  if not ch then\n"
-    "    redis.call('ZREM', KEYS[1], m)\n"
-    "  else\n"
-    "    rate = tonumber(rate)\n"
-    "    local ok, wait = true, 0\n"
-    "    if rate > 0 then\n"
-    "      if blocked[c] then ok, wait = false, blocked[c] else\n"
-    "        local g\n"
-    "        g, wait = take(prefix .. 'pace:' .. c, rate, 1, now)\n"
-    "        ok = g == 1\n"
-    "        if not ok then blocked[c] = wait end\n"
-    "      end\n"
-    "    end\n"
-    "    if ok then\n"
-    "      redis.call('XADD', prefix .. 'jobs:' .. ch, '*', 'd', d, 't', tn, 'c', c)\n"
-    "      redis.call('ZREM', KEYS[1], m)\n"
-    "      moved = moved + 1\n"
-    "    else\n"
-    "      redis.call('ZADD', KEYS[1], 'XX', now + wait, m)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
-    "local nxt = -1\n"
-    "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
-    "return {moved, nxt}\n";
+    LUA_TAKE_FN "local prefix = ARGV[1]\n"
+                "local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, "
+                "tonumber(ARGV[2]))\n"
+                "local moved = 0\n"
+                "local blocked = {}\n"
+                "for _, m in ipairs(due) do\n"
+                "  local ch, d, tn, c, rate = string.match(m, '^(%a+)|(%d+)|(%d+)|(%d+)|(%d+)$')\n"
+                "  if not ch then\n"
+                "    redis.call('ZREM', KEYS[1], m)\n"
+                "  else\n"
+                "    rate = tonumber(rate)\n"
+                "    local ok, wait = true, 0\n"
+                "    if rate > 0 then\n"
+                "      if blocked[c] then ok, wait = false, blocked[c] else\n"
+                "        local g\n"
+                "        g, wait = take(prefix .. 'pace:' .. c, rate, 1, now)\n"
+                "        ok = g == 1\n"
+                "        if not ok then blocked[c] = wait end\n"
+                "      end\n"
+                "    end\n"
+                "    if ok then\n"
+                "      redis.call('XADD', prefix .. 'jobs:' .. ch, '*', 'd', d, 't', tn, 'c', c)\n"
+                "      redis.call('ZREM', KEYS[1], m)\n"
+                "      moved = moved + 1\n"
+                "    else\n"
+                "      redis.call('ZADD', KEYS[1], 'XX', now + wait, m)\n"
+                "    end\n"
+                "  end\n"
+                "end\n"
+                "local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
+                "local nxt = -1\n"
+                "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
+                "return {moved, nxt}\n";
 
 static enum cr_err two_ints(redisContext *c, redisReply *r, const char *what, long *a, long *b)
 {

@@ -467,6 +467,12 @@ crier_pg_start() {
       echo "max_connections = 300"
       echo "logging_collector = off"
       echo "log_line_prefix = '%m [%p] %q%u@%d '"
+      # Durable and tuned for crier's writes: bursts of inserts (a campaign's
+      # expansion) and updates (outcomes) without checkpoints in between.
+      echo "shared_buffers = 512MB"
+      echo "max_wal_size = 8GB"
+      echo "checkpoint_timeout = 15min"
+      echo "wal_compression = on"
       if [ "${CRIER_PG_FAST:-0}" = 1 ]; then
         echo "fsync = off"
         echo "synchronous_commit = off"

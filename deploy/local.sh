@@ -272,12 +272,15 @@ cmd_demo() {
     *) die "import failed: HTTP $STATUS: ${BODY:0:2000}" ;;
   esac
 
+  # The demo sends at any hour: its window is the whole day (a campaign's
+  # default is 09:00-20:00 in each customer's time zone).
   local extra=${CRIER_DEMO_CAMPAIGN_EXTRA:-}
   [ -n "$extra" ] || extra='{}'
   body=$(jq -cn --arg name "demo $(date '+%Y-%m-%d %H:%M:%S')" --argjson extra "$extra" '
     {name: $name, channel: "sms",
      message: {body: "Hi {{first_name}}, this is crier saying hello. Reply STOP to opt out."},
-     segment: {has_phone: true}} * $extra')
+     segment: {has_phone: true},
+     send_window: {start: "00:00", end: "24:00"}} * $extra')
   api POST /v1/campaigns -H 'Content-Type: application/json' --data-binary "$body"
   [ "$STATUS" = 201 ] || [ "$STATUS" = 200 ] || die "create campaign failed: HTTP $STATUS: ${BODY:0:2000}"
   campaign=$(jq -r '.id' <<<"$BODY")

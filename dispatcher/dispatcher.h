@@ -27,32 +27,33 @@ struct disp_config {
 struct disp {
     const struct disp_config *cfg;
     PGconn *pg;
+    bool pg_tuned; /* session settings applied */
     redisContext *redis;
     struct rq_keys keys;
     char consumer[128];
     volatile sig_atomic_t *stop;
     long long last_move_ms;  /* when the delayed set was last looked at */
     long long last_sched_ms; /* when scheduled campaigns were last started */
-    long next_move_ms;      /* ms until its earliest member is due (-1: empty) */
+    long next_move_ms;       /* ms until its earliest member is due (-1: empty) */
 };
 
 /* A running campaign this dispatcher holds the lease of (see lease.c). */
 struct campaign {
     char id[24], tenant[24], channel[8];
-    int ch;             /* enum seg_channel */
-    long rate;          /* rate_per_minute, 0 when unpaced */
-    char *criteria;     /* segment_criteria as JSON text */
-    char *window;       /* send_window as JSON text, NULL for the default */
-    char *deadline;     /* sends after it expire; NULL: no expiry */
-    char cap[16];       /* the tenant's frequency cap, "" when none */
-    bool has_supp;      /* the tenant has suppressions on this channel */
-    bool expanded;      /* expanded_at is set */
-    bool broken;        /* its segment does not compile (logged) */
-    bool rewind;        /* resumed: release again from the first queued delivery */
-    char cursor[24];    /* dispatch_cursor: last customer id expanded */
-    char enqueued[24];  /* enqueued_cursor: everything at or below is released */
-    char last[24];      /* last_delivery_id */
-    long long wait_ms;  /* paced: ms until the bucket has a token again */
+    int ch;            /* enum seg_channel */
+    long rate;         /* rate_per_minute, 0 when unpaced */
+    char *criteria;    /* segment_criteria as JSON text */
+    char *window;      /* send_window as JSON text, NULL for the default */
+    char *deadline;    /* sends after it expire; NULL: no expiry */
+    char cap[16];      /* the tenant's frequency cap, "" when none */
+    bool has_supp;     /* the tenant has suppressions on this channel */
+    bool expanded;     /* expanded_at is set */
+    bool broken;       /* its segment does not compile (logged) */
+    bool rewind;       /* resumed: release again from the first queued delivery */
+    char cursor[24];   /* dispatch_cursor: last customer id expanded */
+    char enqueued[24]; /* enqueued_cursor: everything at or below is released */
+    char last[24];     /* last_delivery_id */
+    long long wait_ms; /* paced: ms until the bucket has a token again */
 };
 
 /* lease.c: takes (or renews) the leases of running campaigns with work
@@ -67,14 +68,16 @@ bool campaign_unreleased(const struct campaign *c);
 /* expand.c: creates the campaign's deliveries page by page (keyset on
  * customers.id) until it is expanded or slice_ms has passed; an unpaced
  * campaign's jobs are released with each page. */
-enum cr_err expand_campaign(struct disp *d, struct campaign *c, long long deadline_ms) CR_MUST_CHECK;
+enum cr_err expand_campaign(struct disp *d, struct campaign *c,
+                            long long deadline_ms) CR_MUST_CHECK;
 
 /* release.c: releases the campaign's queued deliveries above its cursor in
  * id order: to the job stream when the recipient's window is open (a paced
  * campaign spends a token each), to crier:delayed otherwise, skipped when
  * past the campaign's expiry. Stops when caught up, out of tokens or at
  * deadline_ms. */
-enum cr_err release_campaign(struct disp *d, struct campaign *c, long long deadline_ms) CR_MUST_CHECK;
+enum cr_err release_campaign(struct disp *d, struct campaign *c,
+                             long long deadline_ms) CR_MUST_CHECK;
 /* Resumed campaigns: moves the release cursor back before the first queued
  * delivery, so everything unsent is released again (extra jobs are harmless:
  * the worker's claim takes a delivery once). */
@@ -84,11 +87,13 @@ enum cr_err xadd_jobs(struct disp *d, int channel, const char *tenant, const cha
                       char **ids, int n) CR_MUST_CHECK;
 /* ZADDs "id:due_ms" items to crier:delayed. */
 enum cr_err defer_jobs(struct disp *d, const struct campaign *c, char **items, int n) CR_MUST_CHECK;
-/* Moves due members of crier:delayed to their streams (at most every
- * 100 ms unless force) and starts scheduled campaigns whose time has come
- * (at most every 500 ms unless force). Called between pages too, so
- * neither waits for a long expansion. */
+/* Moves due members of crier:delayed to their streams, at most every
+ * 100 ms unless force. Redis only: safe while a page statement runs. */
 enum cr_err move_due(struct disp *d, bool force) CR_MUST_CHECK;
+/* Starts scheduled campaigns whose time has come, at most every 500 ms
+ * unless force. Called between pages too, so that a long expansion does
+ * not delay a scheduled launch. */
+enum cr_err start_due(struct disp *d, bool force) CR_MUST_CHECK;
 
 /* upkeep.c: the work any dispatcher may do at any time. */
 enum cr_err start_scheduled(struct disp *d) CR_MUST_CHECK;

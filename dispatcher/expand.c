@@ -34,34 +34,45 @@ static const char sql_page_fmt[] =
     "WITH lk AS (SELECT k.id FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2"
     "   AND k.status = 'running' AND k.lease_owner = $6 FOR NO KEY UPDATE),"
     " page AS (SELECT c.id, c.timezone,"
-    "   " GATE_SKIP_SQL("$5", "$10::boolean", "$11::int") " AS skip"
-    "   FROM customers c"
-    "   WHERE EXISTS (SELECT 1 FROM lk) AND c.tenant_id = $1 AND c.id > $3::bigint AND (%s)"
-    "   ORDER BY c.id LIMIT $4::int),"
-    " tz AS (SELECT z.timezone, crier_window_due(z.timezone, $7::jsonb, now()) AS due"
-    "   FROM (SELECT DISTINCT timezone FROM page) z),"
-    " r AS (SELECT p.id, COALESCE(p.skip, CASE WHEN tz.due > $8::timestamptz THEN 'expired' END)"
-    "     AS skip, tz.due FROM page p JOIN tz USING (timezone)),"
-    " ins AS (INSERT INTO deliveries (tenant_id, campaign_id, customer_id, channel, status,"
-    "     skip_reason, next_attempt_at)"
-    "   SELECT $1, $2, r.id, $5, CASE WHEN r.skip IS NULL THEN 'queued' ELSE 'skipped' END,"
-    "     r.skip, CASE WHEN r.skip IS NULL AND r.due > now() THEN r.due END FROM r ORDER BY r.id"
-    "   ON CONFLICT ON CONSTRAINT deliveries_dedupe_key DO NOTHING"
-    "   RETURNING id, status, next_attempt_at),"
-    " cur AS (UPDATE campaigns SET"
-    "     dispatch_cursor = COALESCE((SELECT max(id) FROM page), dispatch_cursor),"
-    "     enqueued_cursor = GREATEST(enqueued_cursor, $9::bigint),"
-    "     last_delivery_id = GREATEST(last_delivery_id, COALESCE((SELECT max(id) FROM ins), 0)),"
-    "     lease_until = now() + make_interval(secs => $12::int), updated_at = now()"
-    "   WHERE tenant_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM lk)"
-    "   RETURNING dispatch_cursor)"
-    " SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page),"
-    "  (SELECT string_agg(id::text, ',' ORDER BY id) FROM ins"
-    "    WHERE status = 'queued' AND next_attempt_at IS NULL),"
-    "  (SELECT string_agg(id::text || ':' || (extract(epoch FROM next_attempt_at) * 1000)::bigint,"
-    "    ',' ORDER BY id) FROM ins WHERE status = 'queued' AND next_attempt_at IS NOT NULL),"
-    "  (SELECT count(*) FROM cur), (SELECT max(id) FROM ins),"
-    "  (SELECT count(*) FROM ins WHERE status = 'skipped')";
+    "   " GATE_SKIP_SQL(
+        "$5", "$10::boolean",
+        "$11::int") " AS skip"
+                    "   FROM customers c"
+                    "   WHERE EXISTS (SELECT 1 FROM lk) AND c.tenant_id = $1 AND c.id > $3::bigint "
+                    "AND (%s)"
+                    "   ORDER BY c.id LIMIT $4::int),"
+                    " tz AS MATERIALIZED (SELECT z.timezone, crier_window_due(z.timezone, "
+                    "$7::jsonb, now()) AS due"
+                    "   FROM (SELECT DISTINCT timezone FROM page) z),"
+                    " r AS (SELECT p.id, COALESCE(p.skip, CASE WHEN tz.due > $8::timestamptz THEN "
+                    "'expired' END)"
+                    "     AS skip, tz.due FROM page p JOIN tz USING (timezone)),"
+                    " ins AS (INSERT INTO deliveries (tenant_id, campaign_id, customer_id, "
+                    "channel, status,"
+                    "     skip_reason, next_attempt_at)"
+                    "   SELECT $1, $2, r.id, $5, CASE WHEN r.skip IS NULL THEN 'queued' ELSE "
+                    "'skipped' END,"
+                    "     r.skip, CASE WHEN r.skip IS NULL AND r.due > now() THEN r.due END FROM r "
+                    "ORDER BY r.id"
+                    "   ON CONFLICT ON CONSTRAINT deliveries_dedupe_key DO NOTHING"
+                    "   RETURNING id, status, next_attempt_at),"
+                    " cur AS (UPDATE campaigns SET"
+                    "     dispatch_cursor = COALESCE((SELECT max(id) FROM page), dispatch_cursor),"
+                    "     enqueued_cursor = GREATEST(enqueued_cursor, $9::bigint),"
+                    "     last_delivery_id = GREATEST(last_delivery_id, COALESCE((SELECT max(id) "
+                    "FROM ins), 0)),"
+                    "     lease_until = now() + make_interval(secs => $12::int), updated_at = now()"
+                    "   WHERE tenant_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM lk)"
+                    "   RETURNING dispatch_cursor)"
+                    " SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page),"
+                    "  (SELECT string_agg(id::text, ',' ORDER BY id) FROM ins"
+                    "    WHERE status = 'queued' AND next_attempt_at IS NULL),"
+                    "  (SELECT string_agg(id::text || ':' || (extract(epoch FROM next_attempt_at) "
+                    "* 1000)::bigint,"
+                    "    ',' ORDER BY id) FROM ins WHERE status = 'queued' AND next_attempt_at IS "
+                    "NOT NULL),"
+                    "  (SELECT count(*) FROM cur), (SELECT max(id) FROM ins),"
+                    "  (SELECT count(*) FROM ins WHERE status = 'skipped')";
 
 /* The last page: the campaign is expanded; $3 the release cursor. */
 static const char sql_expanded[] =
@@ -77,12 +88,12 @@ static const char sql_set_enqueued[] =
 
 /* One page's result, parsed; owns its lists. */
 struct page {
-    long n;          /* customers in the page */
-    bool advanced;   /* the statement held the lease and the campaign ran */
+    long n;        /* customers in the page */
+    bool advanced; /* the statement held the lease and the campaign ran */
     char max_customer[24];
     char max_delivery[24];
-    char *open;      /* deliveries to XADD */
-    char *deferred;  /* "id:due_ms" to ZADD */
+    char *open;     /* deliveries to XADD */
+    char *deferred; /* "id:due_ms" to ZADD */
     long skipped;
 };
 
@@ -212,6 +223,10 @@ enum cr_err expand_campaign(struct disp *d, struct campaign *c, long long deadli
             break;
         }
         bool last_page = p.n < d->cfg->page_size;
+        if ((err = start_due(d, false)) != CR_OK) { /* the connection is free here */
+            page_cleanup(&p);
+            break;
+        }
         if (p.n > 0)
             snprintf(cur, sizeof(cur), "%s", p.max_customer);
         if (p.max_delivery[0])
@@ -219,7 +234,8 @@ enum cr_err expand_campaign(struct disp *d, struct campaign *c, long long deadli
         snprintf(c->cursor, sizeof(c->cursor), "%s", cur);
         /* The next page runs while this one's jobs are written; it records
          * as released only what was released before it was sent. */
-        if (!last_page && !*d->stop && now_ms() < deadline_ms) {
+        bool more = !last_page && !*d->stop && now_ms() < deadline_ms;
+        if (more && !paced) {
             if (!PQsendQueryParams(d->pg, sql, nparams, NULL, params, NULL, NULL, 0)) {
                 log_error("expand page: %s", PQerrorMessage(d->pg));
                 page_cleanup(&p);
@@ -240,7 +256,7 @@ enum cr_err expand_campaign(struct disp *d, struct campaign *c, long long deadli
         page_cleanup(&p);
         if (!err)
             err = move_due(d, false);
-        if (!err && paced)
+        if (!err && paced) /* no page in flight: the release may use the connection */
             err = release_campaign(d, c, 0);
         if (err)
             break;
@@ -248,7 +264,7 @@ enum cr_err expand_campaign(struct disp *d, struct campaign *c, long long deadli
             finished = true;
             break;
         }
-        if (!in_flight)
+        if (!more)
             break; /* out of time or stopping */
     }
     if (in_flight) { /* drain a page sent before an error */

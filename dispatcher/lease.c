@@ -93,8 +93,8 @@ enum cr_err lease_campaigns(struct disp *d, struct campaign *out, int max, int *
         snprintf(c->enqueued, sizeof(c->enqueued), "%s", PQgetvalue(res, i, 12));
         snprintf(c->last, sizeof(c->last), "%s", PQgetvalue(res, i, 13));
         if (strcmp(PQgetvalue(res, i, 14), d->consumer) != 0)
-            log_info("campaign %s: lease taken%s%s", c->id, PQgetisnull(res, i, 14) ? "" : " over from ",
-                     PQgetvalue(res, i, 14));
+            log_info("campaign %s: lease taken%s%s", c->id,
+                     PQgetisnull(res, i, 14) ? "" : " over from ", PQgetvalue(res, i, 14));
         (*n)++;
     }
     PQclear(res);

@@ -38,7 +38,7 @@ static const struct cfg_row disp_rows[] = {
      0, 0, "prefix of every Redis key"},
     {"CRIER_DISPATCHER_ID", CFG_STRING, offsetof(struct disp_config, consumer), "", 0, 0, NULL, 0,
      0, "consumer name in the dispatchers group (default: host-pid)"},
-    {"CRIER_DISPATCH_PAGE", CFG_INT, offsetof(struct disp_config, page_size), "2000", 10, 50000,
+    {"CRIER_DISPATCH_PAGE", CFG_INT, offsetof(struct disp_config, page_size), "5000", 10, 50000,
      NULL, 0, 0, "customers per expansion page (one statement per page)"},
     {"CRIER_DISPATCH_POLL_MS", CFG_INT, offsetof(struct disp_config, poll_ms), "500", 50, 10000,
      NULL, 0, 0, "longest wait for an action before polling PostgreSQL"},
@@ -87,6 +87,7 @@ static void disconnect(struct disp *d)
 {
     if (d->pg)
         PQfinish(d->pg);
+    d->pg_tuned = false;
     if (d->redis)
         redisFree(d->redis);
     d->pg = NULL;
@@ -100,6 +101,21 @@ static enum cr_err connect_all(struct disp *d)
         !(d->pg = db_connect(d->cfg->database_url, "crier-dispatcher", err, sizeof(err)))) {
         log_warn("PostgreSQL: %s", err);
         return CR_EPG;
+    }
+    if (d->pg && !d->pg_tuned) {
+        /* Every write of the dispatcher is redone when lost: an expansion
+         * page lost with its cursor is expanded again (its jobs, if XADDed,
+         * find no row or a live one, and the claim takes a delivery once);
+         * a lost release cursor releases again; leases, scheduled starts
+         * and completions are re-evaluated. So its commits need not wait
+         * for the WAL flush - up to a few hundred milliseconds of them may
+         * be redone after a PostgreSQL crash, never half-applied. */
+        if (db_exec(d->pg, "session settings", "SET synchronous_commit = off", 0, NULL, NULL)) {
+            PQfinish(d->pg);
+            d->pg = NULL;
+            return CR_EPG;
+        }
+        d->pg_tuned = true;
     }
     if (!d->redis) {
         long to = d->cfg->poll_ms + 5000;
@@ -205,6 +221,8 @@ int main(int argc, char **argv)
             e = repair_outbox(&d, 0);
             repaired = e == CR_OK;
         }
+        if (!e)
+            e = start_due(&d, true);
         if (!e)
             e = move_due(&d, true);
         int n = 0;

@@ -35,7 +35,7 @@ static const char sql_release[] =
     "   LEFT JOIN customers c ON c.tenant_id = d.tenant_id AND c.id = d.customer_id"
     "   WHERE EXISTS (SELECT 1 FROM lk) AND d.campaign_id = $2 AND d.status = 'queued'"
     "     AND d.id > $4::bigint AND d.tenant_id = $1 ORDER BY d.id LIMIT $5::int),"
-    " tz AS (SELECT z.tz, crier_window_due(z.tz, $6::jsonb, now()) AS due"
+    " tz AS MATERIALIZED (SELECT z.tz, crier_window_due(z.tz, $6::jsonb, now()) AS due"
     "   FROM (SELECT DISTINCT tz FROM r) z),"
     " x AS (SELECT r.id, tz.due, tz.due > $7::timestamptz AS expired FROM r JOIN tz USING (tz)),"
     " sk AS (UPDATE deliveries d SET status = 'skipped', skip_reason = 'expired',"
@@ -113,29 +113,47 @@ enum cr_err xadd_jobs(struct disp *d, int channel, const char *tenant, const cha
 
 enum cr_err defer_jobs(struct disp *d, const struct campaign *c, char **items, int n)
 {
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        char *colon = strchr(items[i], ':');
-        if (!colon)
-            continue;
-        *colon = '\0';
-        char member[PACE_MEMBER_MAX];
-        pace_member(member, sizeof(member), c->channel, items[i], c->tenant, c->id, c->rate);
-        redisAppendCommand(d->redis, "ZADD %s %s %s", d->keys.delayed, colon + 1, member);
-        k++;
+    /* Many members per ZADD: a deferred page is one round of a few commands. */
+    enum { PER_CMD = 256 };
+    const char *argv[2 + 2 * PER_CMD];
+    size_t lens[2 + 2 * PER_CMD];
+    char(*members)[PACE_MEMBER_MAX] = xcalloc(PER_CMD, PACE_MEMBER_MAX);
+    int cmds = 0;
+    for (int off = 0; off < n; off += PER_CMD) {
+        int argc = 2;
+        argv[0] = "ZADD";
+        argv[1] = d->keys.delayed;
+        for (int i = off; i < n && i < off + PER_CMD; i++) {
+            char *colon = strchr(items[i], ':');
+            if (!colon)
+                continue;
+            *colon = '\0';
+            char *m = members[i - off];
+            pace_member(m, PACE_MEMBER_MAX, c->channel, items[i], c->tenant, c->id, c->rate);
+            argv[argc++] = colon + 1;
+            argv[argc++] = m;
+        }
+        for (int a = 0; a < argc; a++)
+            lens[a] = strlen(argv[a]);
+        if (argc > 2) {
+            redisAppendCommandArgv(d->redis, argc, argv, lens);
+            cmds++;
+        }
+        /* members[] is reused by the next command: send this one now. */
+        enum cr_err err = read_replies(d, cmds, "ZADD delayed");
+        cmds = 0;
+        if (err) {
+            free(members);
+            return err;
+        }
     }
-    return read_replies(d, k, "ZADD delayed");
+    free(members);
+    return CR_OK;
 }
 
 enum cr_err move_due(struct disp *d, bool force)
 {
     long long now = now_ms();
-    if (force || now - d->last_sched_ms >= 500) {
-        d->last_sched_ms = now;
-        enum cr_err e = start_scheduled(d);
-        if (e)
-            return e;
-    }
     if (!force && now - d->last_move_ms < 100)
         return CR_OK;
     d->last_move_ms = now;
@@ -150,6 +168,15 @@ enum cr_err move_due(struct disp *d, bool force)
     if (total > 0)
         log_debug("moved %ld due delayed jobs to their streams", total);
     return err;
+}
+
+enum cr_err start_due(struct disp *d, bool force)
+{
+    long long now = now_ms();
+    if (!force && now - d->last_sched_ms < 500)
+        return CR_OK;
+    d->last_sched_ms = now;
+    return start_scheduled(d);
 }
 
 enum cr_err rewind_campaign(struct disp *d, struct campaign *c)
@@ -194,7 +221,7 @@ static enum cr_err release_step(struct disp *d, struct campaign *c, bool *more)
     }
     char **xs = xcalloc((size_t)n + 1, sizeof(char *));
     char **ds = xcalloc((size_t)n + 1, sizeof(char *));
-    char (*dbuf)[48] = xcalloc((size_t)n + 1, sizeof(*dbuf));
+    char(*dbuf)[48] = xcalloc((size_t)n + 1, sizeof(*dbuf));
     int nx = 0, nd = 0, done = 0;
     for (; done < n; done++) {
         char kind = PQgetvalue(res, done, 1)[0];
@@ -247,6 +274,8 @@ enum cr_err release_campaign(struct disp *d, struct campaign *c, long long deadl
         err = release_step(d, c, &more);
         if (!err)
             err = move_due(d, false);
+        if (!err)
+            err = start_due(d, false);
         if (now_ms() >= deadline_ms)
             break;
     }

@@ -111,8 +111,9 @@ enum cr_err repair_outbox(struct disp *d, long min_age_s)
         int n = split_list(list, ids, max);
         log_info("campaign %s: enqueueing %d deliveries left pending", PQgetvalue(res, i, 1), n);
         for (int off = 0; off < n && !err; off += 1000)
-            err = enqueue_pending(d, PQgetvalue(res, i, 2), PQgetvalue(res, i, 0),
-                                  PQgetvalue(res, i, 1), ids + off, n - off < 1000 ? n - off : 1000);
+            err =
+                enqueue_pending(d, PQgetvalue(res, i, 2), PQgetvalue(res, i, 0),
+                                PQgetvalue(res, i, 1), ids + off, n - off < 1000 ? n - off : 1000);
         free(ids);
         free(list);
     }

@@ -31,7 +31,7 @@ assert_eq "$(json_get .inserted)" "$N" "imported"
 t_start_dispatcher
 for i in $(seq 1 "$WORKERS"); do t_start_worker "$i"; done
 
-t_api POST /v1/campaigns '{"name":"bench","channel":"sms","message":{"body":"Hi {{first_name}}, your appointment slot is open. Reply to book."},"segment":{"has_phone":true}}'
+t_api POST /v1/campaigns '{"name":"bench","channel":"sms","message":{"body":"Hi {{first_name}}, your appointment slot is open. Reply to book."},"segment":{"has_phone":true},"send_window":{"start":"00:00","end":"24:00"}}'
 CID=$(json_get .id)
 t_api POST "/v1/campaigns/$CID/launch"
 assert_eq "$T_STATUS" 202 "launched"

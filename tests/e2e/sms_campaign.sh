@@ -25,7 +25,7 @@ assert_status 200 POST /v1/customers/import "${T_AUTH[@]}" -H 'Content-Type: app
 assert_eq "$(json_get .inserted)" "$N" "all customers imported"
 assert_eq "$(json_get .rejected)" 0 "none rejected"
 
-t_api POST /v1/campaigns '{"name":"e2e","channel":"sms","message":{"body":"Hi {{first_name}}, your table is ready."},"segment":{"has_phone":true}}'
+t_api POST /v1/campaigns '{"name":"e2e","channel":"sms","message":{"body":"Hi {{first_name}}, your table is ready."},"segment":{"has_phone":true},"send_window":{"start":"00:00","end":"24:00"}}'
 assert_eq "$T_STATUS" 201 "campaign created"
 CID=$(json_get .id)
 t_api POST "/v1/campaigns/$CID/launch"
@@ -59,7 +59,7 @@ assert_eq "$(t_psql "SELECT count(*) FROM messages WHERE direction = 'outbound'"
   "outbound messages stored"
 
 # A second campaign on half the segment contacts exactly those customers.
-t_api POST /v1/campaigns '{"name":"even","channel":"sms","message":{"body":"Even {{first_name}}"},"segment":{"tags":["even"]}}'
+t_api POST /v1/campaigns '{"name":"even","channel":"sms","message":{"body":"Even {{first_name}}"},"segment":{"tags":["even"]},"send_window":{"start":"00:00","end":"24:00"}}'
 CID2=$(json_get .id)
 t_api POST "/v1/campaigns/$CID2/launch"
 t_wait_campaign_done "$CID2" 120

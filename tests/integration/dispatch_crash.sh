@@ -16,7 +16,7 @@ t_psql "INSERT INTO customers (tenant_id, external_id, first_name, phone)
         FROM generate_series(1, $N) g" >/dev/null
 EXPECTED=$((N - N / 10))
 
-t_api POST /v1/campaigns '{"name":"crash","channel":"sms","message":{"body":"Hi {{first_name}}"},"segment":{"has_phone":true}}'
+t_api POST /v1/campaigns '{"name":"crash","channel":"sms","message":{"body":"Hi {{first_name}}"},"segment":{"has_phone":true},"send_window":{"start":"00:00","end":"24:00"}}'
 assert_eq "$T_STATUS" 201 "campaign created"
 CID=$(json_get .id)
 t_api POST "/v1/campaigns/$CID/launch"

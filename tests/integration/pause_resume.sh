@@ -17,7 +17,7 @@ N=3000
 t_psql "INSERT INTO customers (tenant_id, external_id, first_name, phone)
         SELECT $T_TENANT, 'c' || g, 'N' || g, '+1555' || lpad(g::text, 7, '0')
         FROM generate_series(1, $N) g" >/dev/null
-t_api POST /v1/campaigns '{"name":"p","channel":"sms","message":{"body":"Hi {{first_name}}"},"segment":{"has_phone":true}}'
+t_api POST /v1/campaigns '{"name":"p","channel":"sms","message":{"body":"Hi {{first_name}}"},"segment":{"has_phone":true},"send_window":{"start":"00:00","end":"24:00"}}'
 CID=$(json_get .id)
 t_api POST "/v1/campaigns/$CID/launch"
 assert_eq "$T_STATUS" 202 "launched"
