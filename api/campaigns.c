@@ -122,11 +122,16 @@ static const char sql_action[] =
 /* Channels the workers of this version can send. */
 #define SENDABLE_CHANNELS "{sms}"
 
-static const char sql_stats[] = "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
-                                " (SELECT COALESCE(json_object_agg(s.status, s.n), '{}') FROM"
-                                "   (SELECT status, count(*) AS n FROM deliveries"
-                                "    WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status) s)"
-                                " FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2";
+static const char sql_stats[] =
+    "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
+    " (SELECT COALESCE(json_object_agg(s.status, s.n), '{}') FROM"
+    "   (SELECT status, count(*) AS n FROM deliveries"
+    "    WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status) s),"
+    " (SELECT COALESCE(json_object_agg(s.skip_reason, s.n), '{}') FROM"
+    "   (SELECT skip_reason, count(*) AS n FROM deliveries"
+    "    WHERE tenant_id = $1 AND campaign_id = $2 AND status = 'skipped'"
+    "    GROUP BY skip_reason) s)"
+    " FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2";
 
 /* ---------------------------------------------------------------------
  * The state machine
@@ -982,6 +987,10 @@ static void stats_done(void *arg, PGresult *res, const char *errmsg, const char 
     cJSON_AddNumberToObject(body, "contacted", contacted);
     cJSON_AddNumberToObject(body, "terminal", terminal);
     cJSON_AddItemToObject(body, "counts", counts ? counts : cJSON_CreateObject());
+    /* Why the skipped ones were not contacted: opted_out, suppressed,
+     * no_address, frequency_cap, expired, customer_deleted. */
+    cJSON *reasons = cJSON_Parse(PQgetvalue(res, 0, 5));
+    cJSON_AddItemToObject(body, "skipped_reasons", reasons ? reasons : cJSON_CreateObject());
     http_reply_json(r, 200, body);
 }
 
