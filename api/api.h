@@ -148,6 +148,12 @@ bool tzdb_valid(const struct app *app, const char *name);
 void health_healthz(struct api_req *r);
 void health_readyz(struct api_req *r);
 /* customers.c */
+void settings_get(struct api_req *r);
+void settings_patch(struct api_req *r);
+void suppressions_create(struct api_req *r);
+void suppressions_list(struct api_req *r);
+void suppressions_delete(struct api_req *r);
+
 void customers_create(struct api_req *r);
 void customers_import(struct api_req *r);
 void customers_list(struct api_req *r);
