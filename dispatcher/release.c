@@ -24,6 +24,7 @@
 #include "xalloc.h"
 
 #define RELEASE_STEP 2000
+#define PACED_MIN_READ 200
 #define MOVE_LIMIT 1000
 
 /* $1 tenant, $2 campaign, $3 this dispatcher, $4 release cursor, $5 limit,
@@ -199,26 +200,29 @@ enum cr_err rewind_campaign(struct disp *d, struct campaign *c)
  * full and not stopped by the pace. */
 static enum cr_err release_step(struct disp *d, struct campaign *c, bool *more)
 {
+    long limit = RELEASE_STEP, granted = -1, wait = 0;
+    *more = false;
+    if (c->rate > 0) {
+        /* Tokens first, so a slow pace does not read a full step each
+         * time; the step still reads PACED_MIN_READ rows, so deferrals and
+         * expiries (free) are not walked at the pace. Unused tokens go
+         * back. */
+        enum cr_err err =
+            pace_take(d->redis, d->cfg->key_prefix, c->id, c->rate, RELEASE_STEP, &granted, &wait);
+        if (err)
+            return err;
+        limit = granted > PACED_MIN_READ ? granted : PACED_MIN_READ;
+    }
     char lim[16];
-    snprintf(lim, sizeof(lim), "%d", RELEASE_STEP);
+    snprintf(lim, sizeof(lim), "%ld", limit);
     const char *p[] = {c->tenant, c->id, d->consumer, c->enqueued, lim, c->window, c->deadline};
     PGresult *res = NULL;
-    *more = false;
     enum cr_err err = db_exec(d->pg, "release", sql_release, 7, p, &res);
     if (err)
         return err;
     int n = PQntuples(res);
-    long open = 0, granted = 0, wait = 0;
-    for (int i = 0; i < n; i++)
-        open += PQgetvalue(res, i, 1)[0] == 'o';
-    granted = open;
-    if (open > 0 && c->rate > 0) {
-        err = pace_take(d->redis, d->cfg->key_prefix, c->id, c->rate, open, &granted, &wait);
-        if (err) {
-            PQclear(res);
-            return err;
-        }
-    }
+    if (granted < 0)
+        granted = n;
     char **xs = xcalloc((size_t)n + 1, sizeof(char *));
     char **ds = xcalloc((size_t)n + 1, sizeof(char *));
     char(*dbuf)[48] = xcalloc((size_t)n + 1, sizeof(*dbuf));
@@ -240,7 +244,7 @@ static enum cr_err release_step(struct disp *d, struct campaign *c, bool *more)
     if (!err)
         err = defer_jobs(d, c, ds, nd);
     char upto[24];
-    if (done == n && n < RELEASE_STEP)
+    if (done == n && n < limit)
         snprintf(upto, sizeof(upto), "%s", c->last); /* caught up */
     else if (done > 0)
         snprintf(upto, sizeof(upto), "%s", PQgetvalue(res, done - 1, 0));
@@ -257,8 +261,15 @@ static enum cr_err release_step(struct disp *d, struct campaign *c, bool *more)
     if (n > 0)
         log_debug("campaign %s: released %d, deferred %d, expired %s; cursor %s", c->id, nx, nd,
                   PQgetvalue(res, 0, 3), c->enqueued);
-    c->wait_ms = done < n ? (wait > 0 ? wait : 1) : 0;
-    *more = !err && done == n && n == RELEASE_STEP;
+    if (!err && c->rate > 0 && granted > nx) {
+        long back = 0, ignored = 0;
+        err = pace_take(d->redis, d->cfg->key_prefix, c->id, c->rate, -(granted - nx), &back,
+                        &ignored);
+    }
+    /* Stopped by the pace: come back when the bucket has a token again. */
+    bool paced_out = c->rate > 0 && (done < n || (granted < RELEASE_STEP && wait > 0));
+    c->wait_ms = paced_out ? (wait > 0 ? wait : 1) : 0;
+    *more = !err && done == n && n == limit && !paced_out;
     free(dbuf);
     free(ds);
     free(xs);

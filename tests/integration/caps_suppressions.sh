@@ -94,14 +94,18 @@ P_INBOUND=+15550001006
 P_VOICE=+15550001007
 P_ISO=+15550001008
 P_OTHERMSG=+15550001009
-NORMAL=$(cust "$TA" normal "$P_NORMAL" g1)
+# Some are read only through ${!name} in the loops below.
+# shellcheck disable=SC2034
+{
+  NORMAL=$(cust "$TA" normal "$P_NORMAL" g1)
+  VOICE=$(cust "$TA" voice "$P_VOICE" g1)
+  ISO=$(cust "$TA" iso "$P_ISO" g1)
+}
 OPTOUT=$(cust "$TA" optout "$P_OPTOUT" g1 true)
 SUPP=$(cust "$TA" supp "$P_SUPP" g1)
 CAPPED=$(cust "$TA" capped "$P_CAPPED" g1)
 OLD=$(cust "$TA" old "$P_OLD" g1)
 INBOUND=$(cust "$TA" inbound "$P_INBOUND" g1)
-VOICE=$(cust "$TA" voice "$P_VOICE" g1)
-ISO=$(cust "$TA" iso "$P_ISO" g1)
 OTHERMSG=$(cust "$TA" othermsg "$P_OTHERMSG" g1)
 NOPHONE=$(cust "$TA" nophone "" g1)
 t_psql "INSERT INTO suppressions (tenant_id, channel, address, reason) VALUES
