@@ -213,7 +213,7 @@ static enum cr_err release_step(struct disp *d, struct campaign *c, bool *more)
             return err;
         limit = granted > PACED_MIN_READ ? granted : PACED_MIN_READ;
     }
-    char lim[16];
+    char lim[24];
     snprintf(lim, sizeof(lim), "%ld", limit);
     const char *p[] = {c->tenant, c->id, d->consumer, c->enqueued, lim, c->window, c->deadline};
     PGresult *res = NULL;
