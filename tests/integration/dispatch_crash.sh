@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The dispatcher survives SIGKILL at any point of a 50,000-customer expansion
-# (issue 4, items 1 and 9). It is killed five times at random points, the
-# r-th kill in the r-th sixth of the expansion (so each restarted dispatcher,
-# with a new id, must take the campaign over once the dead one's lease lapses
-# and move it on), and finally left to run to the end. Checks and what each proves:
+# The dispatcher survives SIGKILL at any point of the expansion of a
+# campaign over 50,000 customers (45,000 in its segment; issue 4, items 1 and
+# 9). It is killed five times at random points, the r-th kill in the r-th
+# sixth of the expansion (so each restarted dispatcher, with a new id, must
+# take the campaign over once the dead one's lease lapses and move it on),
+# and finally left to run to the end. Checks and what each proves:
 #   - the kills landed mid-expansion (the campaign is not expanded after the
 #     fifth), and each round made progress: the crash-resume is exercised;
 #   - deliveries = customers of the segment, one each, nobody outside it
@@ -42,7 +43,6 @@ t_api POST "/v1/campaigns/$CID/launch"
 assert_eq "$T_STATUS" 202 "launched"
 
 deliveries() { t_psql "SELECT count(*) FROM deliveries WHERE campaign_id = $CID"; }
-grown_past() { [ "$(deliveries)" -gt "$1" ]; }
 sql_true() { [ "$(t_psql "$1")" = t ]; }
 # job_ids FILE: the delivery ids (field d) of crier:jobs:sms, sorted, unique.
 job_ids() {
