@@ -49,6 +49,13 @@ static const char sql_complete[] =
     "     AND d.status IN ('pending', 'queued', 'sending', 'retry'))"
     " RETURNING k.id, k.tenant_id";
 
+/* A send in flight when its campaign was cancelled or completed may come
+ * back as a retry: nothing will promote it, so it is closed here. */
+static const char sql_close_retries[] =
+    "UPDATE deliveries d SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()"
+    " FROM campaigns k WHERE d.status = 'retry' AND k.tenant_id = d.tenant_id"
+    "   AND k.id = d.campaign_id AND k.status IN ('cancelled', 'completed')";
+
 static int channel_index(const char *ch)
 {
     enum seg_channel c;
@@ -143,7 +150,9 @@ enum cr_err promote_retries(struct disp *d)
 enum cr_err complete_campaigns(struct disp *d)
 {
     PGresult *res = NULL;
-    enum cr_err err = db_exec(d->pg, "complete campaigns", sql_complete, 0, NULL, &res);
+    enum cr_err err = db_exec(d->pg, "close retries", sql_close_retries, 0, NULL, NULL);
+    if (!err)
+        err = db_exec(d->pg, "complete campaigns", sql_complete, 0, NULL, &res);
     if (err)
         return err;
     for (int i = 0; i < PQntuples(res); i++)

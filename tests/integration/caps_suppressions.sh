@@ -18,6 +18,8 @@
 #   (the cap works across campaigns); nothing is sent.
 # - Campaign 3 (cap raised to 2): the same customers are sent to again, so the cap's
 #   value (not "any contact") is what decides.
+# - Expansion gate: with the workers stopped, a customer opted out before the launch
+#   is born 'skipped' (opted_out) when the campaign is expanded.
 # - Claim-time gate: with the workers stopped, a campaign is launched (its deliveries
 #   queued, jobs in the stream); then customers are opted out, suppressed and
 #   contacted by SQL; a worker started afterwards skips them with those reasons
@@ -172,13 +174,16 @@ K_OK=$(cust "$TA" k_ok +15550002001 g2)
 K_OPT=$(cust "$TA" k_opt +15550002002 g2)
 K_SUPP=$(cust "$TA" k_supp +15550002003 g2)
 K_CAP=$(cust "$TA" k_cap +15550002004 g2)
+K_PRE=$(cust "$TA" k_pre +15550002005 g2 true)
 t_stop worker
 C4=$(new_campaign c4 '{"tags":["g2"]}')
 launch "$C4"
 t_wait_until 30 "campaign 4 expanded and released" bash -c \
   "[ \"\$(psql -X -At '$CRIER_DATABASE_URL' -c \"SELECT expanded_at IS NOT NULL AND enqueued_cursor >= last_delivery_id AND last_delivery_id > 0 FROM campaigns WHERE id = $C4\")\" = t ]"
-assert_eq "$(t_psql "SELECT string_agg(DISTINCT status, ',') FROM deliveries WHERE campaign_id = $C4")" \
-  queued "campaign 4: every delivery queued while the workers are stopped"
+assert_eq "$(t_psql "SELECT string_agg(DISTINCT status, ',') FROM deliveries WHERE campaign_id = $C4
+                    AND customer_id <> $K_PRE")" queued "campaign 4: queued while the workers are stopped"
+assert_eq "$(outcome "$C4" "$K_PRE")" "skipped:opted_out" \
+  "expansion gate: opted out before the launch, skipped with no worker running"
 t_psql "UPDATE customers SET sms_opt_out = true WHERE id = $K_OPT" >/dev/null
 t_psql "INSERT INTO suppressions (tenant_id, channel, address, reason) VALUES
         ($TA, 'sms', '+15550002003', 'complaint'),
@@ -190,9 +195,9 @@ assert_eq "$(outcome "$C4" "$K_OK")" "sent:" "claim gate: untouched customer (ot
 assert_eq "$(outcome "$C4" "$K_OPT")" "skipped:opted_out" "claim gate: opted out after the launch"
 assert_eq "$(outcome "$C4" "$K_SUPP")" "skipped:suppressed" "claim gate: suppressed after the launch"
 assert_eq "$(outcome "$C4" "$K_CAP")" "skipped:frequency_cap" "claim gate: contacted after the launch"
-check_stats "$C4" '{"opted_out":1,"suppressed":1,"frequency_cap":1}'
+check_stats "$C4" '{"opted_out":2,"suppressed":1,"frequency_cap":1}'
 assert_eq "$(sandbox_to +15550002001)" 1 "claim gate: one message to the untouched customer"
-for p in +15550002002 +15550002003 +15550002004; do
+for p in +15550002002 +15550002003 +15550002004 +15550002005; do
   assert_eq "$(sandbox_to "$p")" 0 "claim gate: nothing sent to $p"
 done
 assert_eq "$(wc -l <"$SANDBOX")" 14 "campaign 4 sent one message"
