@@ -55,19 +55,20 @@ CID_A=$(json_get .id)
 delayed_of() {
   t_redis --raw ZRANGE crier:delayed 0 -1 | awk -F'|' -v c="$1" '$4 == c' | wc -l
 }
-redis_ms() { t_redis --raw TIME | awk 'NR == 1 {s = $1} NR == 2 {printf "%d\n", s * 1000 + int($1 / 1000)}'; }
+redis_ms() { t_redis --raw TIME | awk 'NR == 1 {s = $1} NR == 2 {printf "%.0f\n", s * 1000 + int($1 / 1000)}'; }
 
 t_api POST "/v1/campaigns/$CID_B/launch"
 assert_eq "$T_STATUS" 202 "campaign B launched"
-t_wait_until 60 "campaign B's $N_B jobs deferred to crier:delayed" \
-  bash -c "[ \"\$(redis-cli -h 127.0.0.1 -p $T_REDIS_PORT --raw ZRANGE crier:delayed 0 -1 | awk -F'|' -v c=$CID_B '\$4 == c' | wc -l)\" = $N_B ]"
+b_deferred() { [ "$(delayed_of "$CID_B")" = "$N_B" ]; }
+t_wait_until 60 "campaign B's $N_B jobs deferred to crier:delayed" b_deferred
 assert_eq "$(t_redis XLEN crier:jobs:sms)" 0 "nothing of B released while its window is closed"
 min_due=$(t_redis --raw ZRANGE crier:delayed 0 0 WITHSCORES | sed -n 2p)
 assert_ge "$((min_due - $(redis_ms)))" $((20 * 3600 * 1000)) "B deferred to its window's opening, a day away"
 
 t_api POST "/v1/campaigns/$CID_A/launch"
 assert_eq "$T_STATUS" 202 "campaign A launched"
-t_wait_until 60 "campaign A's first jobs released" bash -c "[ \"\$(redis-cli -h 127.0.0.1 -p $T_REDIS_PORT XLEN crier:jobs:sms)\" -gt 0 ]"
+a_started() { [ "$(t_redis XLEN crier:jobs:sms)" -gt 0 ]; }
+t_wait_until 60 "campaign A's first jobs released" a_started
 
 # B's window "opens": every member of B becomes due now, all together.
 rescored=$(t_redis EVAL "
@@ -99,8 +100,8 @@ A0=$(first_of "$CID_A")
 # One minute measured from 3 s after A's first job; B's 30 s from 2 s after its first.
 END_MS=$((A0 + 63000 + 500))
 t_log "campaign A first job at $A0; measuring until $END_MS (redis time now $(redis_ms))"
-t_wait_until 100 "a minute of campaign A's releases" bash -c \
-  "[ \"\$(redis-cli -h 127.0.0.1 -p $T_REDIS_PORT --raw TIME | awk 'NR == 1 {s = \$1} NR == 2 {printf \"%d\", s * 1000 + int(\$1 / 1000)}')\" -ge $END_MS ]"
+past_end() { [ "$(redis_ms)" -ge "$END_MS" ]; }
+t_wait_until 100 "a minute of campaign A's releases" past_end
 stream_entries >"$T_DIR/entries"
 B0=$(first_of "$CID_B")
 [ -n "$B0" ] || t_fail "no job of campaign B reached the stream"
@@ -124,7 +125,7 @@ burst_excess() {
           ex = (j - i + 1) - (cap + (t[j] - t[i] + slack) * rate / 60000 + 1)
           if (ex > worst) { worst = ex; wi = i; wj = j }
         }
-      printf "%d %d %d %d\n", (worst > 0 ? int(worst + 0.999) : 0), wj - wi + 1, t[wi], t[wj] - t[wi]
+      printf "%d %d %.0f %.0f\n", (worst > 0 ? int(worst + 0.999) : 0), wj - wi + 1, t[wi], t[wj] - t[wi]
     }' "$T_DIR/entries"
 }
 
