@@ -324,8 +324,8 @@ static int check_window(const cJSON *w, struct cerr *e)
     }
     const cJSON *start = cJSON_GetObjectItemCaseSensitive(w, "start");
     const cJSON *end = cJSON_GetObjectItemCaseSensitive(w, "end");
-    if (check_hhmm(start))
-        return cfail(e, "send_window.start", "send_window.start must be HH:MM (00:00..24:00)");
+    if (check_hhmm(start) || !strcmp(start->valuestring, "24:00"))
+        return cfail(e, "send_window.start", "send_window.start must be HH:MM (00:00..23:59)");
     if (check_hhmm(end))
         return cfail(e, "send_window.end", "send_window.end must be HH:MM (00:00..24:00)");
     if (!strcmp(start->valuestring, end->valuestring))

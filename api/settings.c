@@ -31,22 +31,27 @@ static const char sql_settings_patch[] =
 
 #define SUPPRESSION_JSON_COLUMNS "id, channel, address, reason, created_at"
 
-/* A repeat of an existing (channel, address) answers the existing row. */
+/* A repeat of an existing (channel, address) answers the existing row.
+ * Emails are lower-cased by PostgreSQL's lower(), the function the gate
+ * compares with (non-ASCII letters included). */
 static const char sql_supp_insert[] =
-    "WITH ins AS (INSERT INTO suppressions (tenant_id, channel, address, reason)"
-    "   VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, channel, address) DO NOTHING"
+    "WITH a AS (SELECT CASE WHEN $2 = 'email' THEN lower($3) ELSE $3 END AS address),"
+    " ins AS (INSERT INTO suppressions (tenant_id, channel, address, reason)"
+    "   SELECT $1, $2, a.address, $4 FROM a"
+    "   ON CONFLICT (tenant_id, channel, address) DO NOTHING"
     "   RETURNING " SUPPRESSION_JSON_COLUMNS ")"
     " SELECT row_to_json(x), true FROM ins x"
     " UNION ALL"
     " SELECT row_to_json(x), false FROM (SELECT " SUPPRESSION_JSON_COLUMNS " FROM suppressions"
-    "   WHERE tenant_id = $1 AND channel = $2 AND address = $3) x"
+    "   WHERE tenant_id = $1 AND channel = $2 AND address = (SELECT address FROM a)) x"
     " WHERE NOT EXISTS (SELECT 1 FROM ins)";
 
 static const char sql_supp_list[] =
     "SELECT COALESCE(json_agg(x ORDER BY x.id), '[]') FROM"
     " (SELECT " SUPPRESSION_JSON_COLUMNS " FROM suppressions WHERE tenant_id = $1"
     "  AND id > $2::bigint AND ($4::text IS NULL OR channel = $4)"
-    "  AND ($5::text IS NULL OR address = $5) ORDER BY id LIMIT $3::int) x";
+    "  AND ($5::text IS NULL OR address = CASE WHEN $4 = 'email' THEN lower($5) ELSE $5 END)"
+    "  ORDER BY id LIMIT $3::int) x";
 
 static const char sql_supp_delete[] =
     "DELETE FROM suppressions WHERE tenant_id = $1 AND id = $2 RETURNING id";
@@ -88,7 +93,7 @@ void settings_patch(struct api_req *r)
     char capv[16] = "";
     if (cap && !cJSON_IsNull(cap)) {
         double v = cJSON_IsNumber(cap) ? cap->valuedouble : 0;
-        if (!cJSON_IsNumber(cap) || v != (double)(long)v || v < 1 || v > 1000) {
+        if (!cJSON_IsNumber(cap) || v < 1 || v > 1000 || v != (double)(long)v) {
             cJSON_Delete(in);
             http_reply_error(r, 400, "invalid_field",
                              "frequency_cap_7d must be an integer 1..1000, or null for no cap",

@@ -38,6 +38,19 @@ const char pace_lua_take[] =
     LUA_TAKE_FN "local g, w = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)\n"
                 "return {g, w}\n";
 
+/* KEYS[1] the delayed set, KEYS[2] the campaign's bucket; ARGV rate, then
+ * (due ms, member) pairs. A paced campaign's members due at the same time
+ * (a window opening) are spread from it at the campaign's pace, counted per
+ * opening in the bucket's hash, so they become due one token apart. */
+const char pace_lua_defer[] =
+    "local rate = tonumber(ARGV[1])\n"
+    "for i = 2, #ARGV - 1, 2 do\n"
+    "  local k = redis.call('HINCRBY', KEYS[2], 'slot:' .. ARGV[i], 1)\n"
+    "  redis.call('ZADD', KEYS[1], tonumber(ARGV[i]) + (k - 1) * 60000 / rate, ARGV[i + 1])\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[2], 604800000)\n"
+    "return 0\n";
+
 /* KEYS[1] the delayed set; ARGV prefix, limit. */
 const char pace_lua_move[] =
     LUA_TAKE_FN "local prefix = ARGV[1]\n"
@@ -53,11 +66,11 @@ const char pace_lua_move[] =
                 "    rate = tonumber(rate)\n"
                 "    local ok, wait = true, 0\n"
                 "    if rate > 0 then\n"
-                "      if blocked[c] then ok, wait = false, blocked[c] else\n"
+                "      if blocked[c] then ok = false else\n"
                 "        local g\n"
                 "        g, wait = take(prefix .. 'pace:' .. c, rate, 1, now)\n"
                 "        ok = g == 1\n"
-                "        if not ok then blocked[c] = wait end\n"
+                "        if not ok then blocked[c] = now + wait end\n"
                 "      end\n"
                 "    end\n"
                 "    if ok then\n"
@@ -65,7 +78,8 @@ const char pace_lua_move[] =
                 "      redis.call('ZREM', KEYS[1], m)\n"
                 "      moved = moved + 1\n"
                 "    else\n"
-                "      redis.call('ZADD', KEYS[1], 'XX', now + wait, m)\n"
+                "      redis.call('ZADD', KEYS[1], 'XX', blocked[c], m)\n"
+                "      blocked[c] = blocked[c] + 60000 / rate\n"
                 "    end\n"
                 "  end\n"
                 "end\n"

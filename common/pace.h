@@ -8,9 +8,10 @@
  * (rate per minute, 0 when unpaced). A second script moves the due members
  * to their job streams atomically: several dispatchers may run it at once
  * and each member still becomes exactly one stream entry. A paced member
- * takes a token from its campaign's bucket on the way; without one it waits
- * (its score moves to when the bucket has one), so windows opening never
- * burst past a campaign's pace. */
+ * takes a token from its campaign's bucket on the way; without one it waits:
+ * the campaign's waiting members are spread from the bucket's next token on
+ * at the campaign's pace, so a window opening never bursts past the pace,
+ * and never holds up other campaigns' due members. */
 #ifndef CRIER_PACE_H
 #define CRIER_PACE_H
 
@@ -40,5 +41,6 @@ int pace_member(char *out, size_t outsz, const char *channel, const char *delive
 /* The scripts' text (the worker runs them through its async connection). */
 extern const char pace_lua_take[];
 extern const char pace_lua_move[];
+extern const char pace_lua_defer[];
 
 #endif

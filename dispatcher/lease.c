@@ -8,7 +8,9 @@
  * statements checks it first, holding the campaign row, so once another
  * dispatcher has taken over, the old holder's next statement changes
  * nothing. A dispatcher that dies is taken over when lease_until passes
- * (CRIER_LEASE_SECONDS, 10 by default). */
+ * (CRIER_LEASE_SECONDS, 10 by default). Campaigns are taken least
+ * recently renewed first, so with more campaigns than a dispatcher takes at
+ * once, each gets its turn. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +30,7 @@ static const char sql_lease[] =
     "   AND (k.lease_owner = $1 OR k.lease_until IS NULL OR k.lease_until < now())"
     "   AND (k.expanded_at IS NULL OR k.enqueued_cursor < k.last_delivery_id"
     "        OR k.resume_gen > k.requeued_gen)"
-    "   ORDER BY k.launched_at, k.id LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+    "   ORDER BY k.lease_until NULLS FIRST, k.id LIMIT $3::int FOR UPDATE SKIP LOCKED)"
     " UPDATE campaigns k SET lease_owner = $1,"
     "   lease_until = now() + make_interval(secs => $2::int)"
     " FROM cand, tenants t WHERE k.id = cand.id AND t.id = k.tenant_id"

@@ -64,9 +64,9 @@ static bool campaign_busy(const struct campaign *c)
 
 /* One slice of a held campaign's work: serve a resume, release what is
  * owed, then expand further. */
-static enum cr_err work_campaign(struct disp *d, struct campaign *c)
+static enum cr_err work_campaign(struct disp *d, struct campaign *c, long slice_ms)
 {
-    long long deadline = now_ms() + d->cfg->slice_ms;
+    long long deadline = now_ms() + slice_ms;
     enum cr_err e = CR_OK;
     if (c->rewind)
         e = rewind_campaign(d, c);
@@ -229,8 +229,13 @@ int main(int argc, char **argv)
         if (!e)
             e = lease_campaigns(&d, held, MAX_HELD, &n);
         long block_ms = cfg.poll_ms;
+        /* One round over the held campaigns stays within half a lease, so
+         * none of them lapses while the others are worked on. */
+        long slice = n > 0 ? cfg.lease_s * 500 / n : cfg.slice_ms;
+        if (slice > cfg.slice_ms)
+            slice = cfg.slice_ms;
         for (int i = 0; i < n && !e && !stop_flag; i++) {
-            e = work_campaign(&d, &held[i]);
+            e = work_campaign(&d, &held[i], slice);
             if (campaign_busy(&held[i]))
                 block_ms = 0;
             else if (held[i].wait_ms > 0 && held[i].wait_ms < block_ms)

@@ -40,10 +40,12 @@ static const char sql_release[] =
     "   FROM (SELECT DISTINCT tz FROM r) z),"
     " x AS (SELECT r.id, tz.due, tz.due > $7::timestamptz AS expired FROM r JOIN tz USING (tz)),"
     " sk AS (UPDATE deliveries d SET status = 'skipped', skip_reason = 'expired',"
-    "     updated_at = now() FROM x WHERE x.expired AND d.id = x.id AND d.status = 'queued'"
+    "     updated_at = now() FROM x WHERE x.expired AND d.id = x.id AND d.tenant_id = $1"
+    "     AND d.status = 'queued'"
     "   RETURNING d.id),"
     " df AS (UPDATE deliveries d SET next_attempt_at = x.due FROM x"
-    "   WHERE x.expired IS NOT TRUE AND x.due > now() AND d.id = x.id AND d.status = 'queued'"
+    "   WHERE x.expired IS NOT TRUE AND x.due > now() AND d.id = x.id AND d.tenant_id = $1"
+    "     AND d.status = 'queued'"
     "   RETURNING d.id)"
     " SELECT x.id, CASE WHEN x.expired THEN 'x' WHEN x.due > now() THEN 'd' ELSE 'o' END,"
     "   (extract(epoch FROM x.due) * 1000)::bigint,"
@@ -53,7 +55,7 @@ static const char sql_release[] =
 static const char sql_advance[] =
     "UPDATE campaigns SET enqueued_cursor = GREATEST(enqueued_cursor, $3::bigint),"
     "  lease_until = now() + make_interval(secs => $5::int)"
-    " WHERE tenant_id = $1 AND id = $2 AND lease_owner = $4";
+    " WHERE tenant_id = $1 AND id = $2 AND lease_owner = $4 AND status = 'running'";
 
 static const char sql_rewind[] =
     "UPDATE campaigns k SET requeued_gen = k.resume_gen,"
@@ -114,16 +116,31 @@ enum cr_err xadd_jobs(struct disp *d, int channel, const char *tenant, const cha
 
 enum cr_err defer_jobs(struct disp *d, const struct campaign *c, char **items, int n)
 {
-    /* Many members per ZADD: a deferred page is one round of a few commands. */
-    enum { PER_CMD = 256 };
-    const char *argv[2 + 2 * PER_CMD];
-    size_t lens[2 + 2 * PER_CMD];
+    /* Many members per ZADD: a deferred page is one round of a few commands.
+     * A paced campaign's go through pace_lua_defer, which spreads those due
+     * at the same opening at the campaign's pace. */
+    enum { PER_CMD = 256, HEAD = 6 };
+    const char *argv[HEAD + 2 * PER_CMD];
+    size_t lens[HEAD + 2 * PER_CMD];
     char(*members)[PACE_MEMBER_MAX] = xcalloc(PER_CMD, PACE_MEMBER_MAX);
+    char bucket[RQ_KEY_MAX + 32], rate[24];
+    snprintf(bucket, sizeof(bucket), "%space:%s", d->cfg->key_prefix, c->id);
+    snprintf(rate, sizeof(rate), "%ld", c->rate);
     int cmds = 0;
     for (int off = 0; off < n; off += PER_CMD) {
-        int argc = 2;
-        argv[0] = "ZADD";
-        argv[1] = d->keys.delayed;
+        int argc = 0;
+        if (c->rate > 0) {
+            argv[argc++] = "EVAL";
+            argv[argc++] = pace_lua_defer;
+            argv[argc++] = "2";
+            argv[argc++] = d->keys.delayed;
+            argv[argc++] = bucket;
+            argv[argc++] = rate;
+        } else {
+            argv[argc++] = "ZADD";
+            argv[argc++] = d->keys.delayed;
+        }
+        int head = argc;
         for (int i = off; i < n && i < off + PER_CMD; i++) {
             char *colon = strchr(items[i], ':');
             if (!colon)
@@ -136,7 +153,7 @@ enum cr_err defer_jobs(struct disp *d, const struct campaign *c, char **items, i
         }
         for (int a = 0; a < argc; a++)
             lens[a] = strlen(argv[a]);
-        if (argc > 2) {
+        if (argc > head) {
             redisAppendCommandArgv(d->redis, argc, argv, lens);
             cmds++;
         }

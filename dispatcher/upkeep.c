@@ -49,12 +49,17 @@ static const char sql_complete[] =
     "     AND d.status IN ('pending', 'queued', 'sending', 'retry'))"
     " RETURNING k.id, k.tenant_id";
 
-/* A send in flight when its campaign was cancelled or completed may come
- * back as a retry: nothing will promote it, so it is closed here. */
-static const char sql_close_retries[] =
+/* Cancel and complete close the deliveries not yet sent in the same
+ * statement, but two kinds can appear after it: a page of the expansion
+ * committed while the action waited for the campaign row (the action's
+ * snapshot predates it), and a send in flight that comes back as a retry.
+ * They are closed here, for campaigns that ended in the last hour. */
+static const char sql_close_leftovers[] =
     "UPDATE deliveries d SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()"
-    " FROM campaigns k WHERE d.status = 'retry' AND k.tenant_id = d.tenant_id"
-    "   AND k.id = d.campaign_id AND k.status IN ('cancelled', 'completed')";
+    " FROM campaigns k WHERE k.status IN ('cancelled', 'completed')"
+    "   AND COALESCE(k.cancelled_at, k.completed_at) > now() - interval '1 hour'"
+    "   AND d.tenant_id = k.tenant_id AND d.campaign_id = k.id"
+    "   AND d.status IN ('pending', 'queued', 'retry')";
 
 static int channel_index(const char *ch)
 {
@@ -150,7 +155,7 @@ enum cr_err promote_retries(struct disp *d)
 enum cr_err complete_campaigns(struct disp *d)
 {
     PGresult *res = NULL;
-    enum cr_err err = db_exec(d->pg, "close retries", sql_close_retries, 0, NULL, NULL);
+    enum cr_err err = db_exec(d->pg, "close leftovers", sql_close_leftovers, 0, NULL, NULL);
     if (!err)
         err = db_exec(d->pg, "complete campaigns", sql_complete, 0, NULL, &res);
     if (err)

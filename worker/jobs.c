@@ -55,8 +55,9 @@ static const char sql_claim[] =
     "    AND (g2.reason IS NOT NULL OR g2.due <= now())"
     "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts, d.status),"
     " deferred AS ("
-    "  UPDATE deliveries d SET next_attempt_at = g2.due, updated_at = now()"
-    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND d.status = 'queued'"
+    "  UPDATE deliveries d SET status = 'queued', next_attempt_at = g2.due, updated_at = now()"
+    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id"
+    "    AND d.status IN ('pending', 'queued')"
     "    AND g2.reason IS NULL AND g2.due > now()"
     "  RETURNING d.id, d.tenant_id, g2.due,"
     "    g2.channel || '|' || g2.id || '|' || g2.tenant_id || '|' || g2.campaign_id || '|'"
@@ -246,6 +247,42 @@ static void claim_free(struct claim *c)
     free(c);
 }
 
+/* A job outside its recipient's send window goes back to crier:delayed; its
+ * stream entry is acknowledged once the ZADD has succeeded (else it stays
+ * pending and a reclaim defers it again). */
+struct deferral {
+    struct worker *w;
+    char stream_id[32];
+};
+
+static void deferred_done(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct deferral *df = priv;
+    redisReply *r = reply;
+    (void)ac;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        char *id = df->stream_id;
+        ack_ids(df->w, &id, 1);
+    } else {
+        log_warn("ZADD of a deferred job failed (%s); it stays pending",
+                 r && r->type == REDIS_REPLY_ERROR ? r->str : "disconnected");
+    }
+    free(df);
+}
+
+static void defer_entry(struct worker *w, PGresult *res, int row, const char *stream_id)
+{
+    if (!w->wr)
+        return; /* stays pending: reclaimed and deferred again */
+    struct deferral *df = xcalloc(1, sizeof(*df));
+    df->w = w;
+    snprintf(df->stream_id, sizeof(df->stream_id), "%s", stream_id);
+    if (redisAsyncCommand(w->wr, deferred_done, df, "ZADD %s %s %s", w->keys.delayed,
+                          PQgetvalue(res, row, CLAIM_COL_DUE),
+                          PQgetvalue(res, row, CLAIM_COL_MEMBER)) != REDIS_OK)
+        free(df);
+}
+
 static void claim_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
 {
     struct claim *c = arg;
@@ -261,23 +298,18 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
     int deferred = 0;
     for (int r = 0; r < PQntuples(res); r++) {
         long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-        if (PQgetvalue(res, r, CLAIM_COL_KIND)[0] == 'd') {
-            /* Outside the send window: to crier:delayed, before the ack
-             * below (same connection, so in this order). */
-            if (w->wr)
-                redisAsyncCommand(w->wr, NULL, NULL, "ZADD %s %s %s", w->keys.delayed,
-                                  PQgetvalue(res, r, CLAIM_COL_DUE),
-                                  PQgetvalue(res, r, CLAIM_COL_MEMBER));
-            deferred++;
-            continue;
-        }
+        bool defer = PQgetvalue(res, r, CLAIM_COL_KIND)[0] == 'd';
         for (int i = 0; i < c->n; i++) {
             if (c->e[i].delivery_id == id && !c->e[i].claimed) {
                 c->e[i].claimed = true;
-                send_start(w, res, r, c->e[i].stream_id);
+                if (defer)
+                    defer_entry(w, res, r, c->e[i].stream_id);
+                else
+                    send_start(w, res, r, c->e[i].stream_id);
                 break;
             }
         }
+        deferred += defer;
     }
     if (deferred)
         log_debug("%d jobs outside their send window deferred", deferred);
