@@ -11,7 +11,8 @@
 #    database's (phone, provider_message_id) pairs - and the opted-out ones none.
 # 2. Cancel mid-way: every delivery not yet sent becomes 'cancelled' (as many as the
 #    cancel answered), none is left open, nothing more is sent afterwards and the
-#    campaign stays 'cancelled'.
+#    campaign stays 'cancelled'; deliveries left open after the cancel (a page committed
+#    while it waited, a retry coming back) are closed by the dispatcher.
 # 3. A paced campaign (rate_per_minute 600: 10/s, a bucket of 10) paused and resumed
 #    keeps its pace after the resume: at every moment after it, the sends since then
 #    are at most the bucket plus rate x elapsed (plus a small slack). A resume that
@@ -133,6 +134,16 @@ assert_eq "$(q "SELECT status || ' ' || (cancelled_at IS NOT NULL) FROM campaign
   "cancelled true" "the campaign stays cancelled"
 pair_check "$CX" X
 assert_eq "$(json_get .duplicates)" 0 "still no duplicate"
+# Leftovers: an expansion page that committed while the cancel waited for the campaign row
+# (the cancel's snapshot cannot see it), and a send in flight that came back as a retry,
+# are closed by the dispatcher shortly after: simulated by turning two closed deliveries
+# back into 'queued' and 'retry'.
+q "UPDATE deliveries SET status = CASE WHEN id % 2 = 0 THEN 'queued' ELSE 'retry' END,
+     next_attempt_at = now() WHERE id IN (SELECT id FROM deliveries WHERE campaign_id = $CX
+     AND status = 'cancelled' ORDER BY id LIMIT 2)" >/dev/null
+t_wait_until 10 "leftovers of the cancelled campaign closed" bash -c \
+  "[ \"\$(psql -X -At '$CRIER_DATABASE_URL' -c \"SELECT count(*) FROM deliveries WHERE campaign_id = $CX AND status IN ('queued', 'retry')\")\" = 0 ]"
+assert_eq "$(count "$CX" cancelled)" "$closed" "the leftovers are cancelled"
 
 # --- 3. a paced campaign keeps its pace after a resume ---
 M=100

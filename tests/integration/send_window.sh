@@ -31,6 +31,7 @@
 # 4. Expiry at the worker's claim: jobs released in time but claimed after
 #    the deadline (workers stopped, launched_at moved back 2 minutes) are
 #    skipped 'expired' and nothing is sent.
+# 5. The worker defers a 'pending' delivery (a retry) outside the window too.
 . "$(dirname "$0")/../lib.sh"
 t_init send_window
 
@@ -276,4 +277,36 @@ for id in $(t_psql "SELECT id FROM deliveries WHERE campaign_id = $CID_G"); do
 done
 t_api GET "/v1/campaigns/$CID_G/stats"
 assert_eq "$(json_get .skipped_reasons | jq -S -c .)" '{"expired":10}' "stats show the expiries"
+# ----------------------------------------------------------------------------
+# 5. The worker's gate defers a job whose recipient is outside the window whatever the
+#    delivery's state - here 'pending', as a retry being enqueued again: it becomes
+#    'queued' again, is back in crier:delayed at the opening and its entry is acked.
+#    (Without it, the delivery would be left behind with no job at all.)
+# ----------------------------------------------------------------------------
+add_customers p UTC 3 7000
+t_api POST /v1/campaigns "{\"name\":\"pending\",\"channel\":\"sms\",\"message\":{\"body\":\"Hi\"},
+  \"segment\":{\"has_phone\":true,\"tags\":[\"p\"]},
+  \"send_window\":{\"start\":\"$XSTART\",\"end\":\"$XEND\"}}"
+assert_eq "$T_STATUS" 201 "pending campaign created: $T_BODY"
+CID_P=$(json_get .id)
+t_api POST "/v1/campaigns/$CID_P/launch"
+assert_eq "$T_STATUS" 202 "pending campaign launched"
+p_deferred() { [ "$(delayed_entries | awk -v c="$CID_P" '$2 == c' | wc -l)" = 3 ]; }
+t_wait_until 30 "the pending campaign's jobs deferred" p_deferred
+read -r P_ID P_SCORE <<<"$(delayed_entries | awk -v c="$CID_P" '$2 == c { print $1, $3; exit }')"
+P_MEMBER="sms|$P_ID|$T_TENANT|$CID_P|0"
+assert_eq "$(t_redis ZREM crier:delayed "$P_MEMBER")" 1 "member removed"
+t_psql "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL WHERE id = $P_ID" >/dev/null
+P_ENTRY=$(t_redis XADD crier:jobs:sms '*' d "$P_ID" t "$T_TENANT" c "$CID_P")
+p_back() {
+  [ "$(t_psql "SELECT status || ' ' || (next_attempt_at IS NOT NULL) FROM deliveries
+               WHERE id = $P_ID")" = "queued true" ] &&
+    [ -n "$(t_redis ZSCORE crier:delayed "$P_MEMBER")" ]
+}
+t_wait_until 30 "the pending delivery deferred again by the worker" p_back
+assert_eq "$(t_redis ZSCORE crier:delayed "$P_MEMBER")" "$P_SCORE" "back at the window's opening"
+acked() { [ -z "$(t_redis XPENDING crier:jobs:sms workers "$P_ENTRY" "$P_ENTRY" 1)" ]; }
+t_wait_until 10 "its stream entry acknowledged" acked
+assert_eq "$(t_psql "SELECT count(*) FROM deliveries WHERE campaign_id = $CID_P AND sent_at IS NOT NULL")" \
+  0 "nothing sent outside the window"
 echo "send_window ok"
