@@ -79,7 +79,9 @@ struct api_req {
     size_t body_len;
     size_t max_body;
     void (*handler)(struct api_req *r);
-    void *state; /* handler-owned; freed with state_free */
+    const char *page_key; /* http_query_page: the list's key (a literal) */
+    long page_limit;      /* and its page size (-1: not paged) */
+    void *state;          /* handler-owned; freed with state_free */
     void (*state_free)(void *state);
     struct timeval started;
 };
@@ -106,6 +108,9 @@ int http_page_params_or_reply(struct api_req *r, long *limit, long long *after);
  * the last id when the page is full, else null}. 503 when the query failed. */
 void http_reply_page(struct api_req *r, PGresult *res, const char *errmsg, const char *key,
                      long limit);
+/* Runs a list query whose result http_reply_page answers under key. */
+void http_query_page(struct api_req *r, const char *sql, int nparams, const char *const *params,
+                     const char *key, long limit);
 /* Writes the tenant id and the first path id as text (query parameters). */
 void http_id_params(const struct api_req *r, char tenant[24], char id[24]);
 /* For a callback expecting exactly one row: true when res has it; otherwise

@@ -631,15 +631,6 @@ void campaigns_get(struct api_req *r)
     query_by_id(r, sql_get, get_done);
 }
 
-static void list_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
-{
-    struct api_req *r = arg;
-    (void)sqlstate;
-    long limit = (long)(intptr_t)r->state;
-    r->state = NULL;
-    http_reply_page(r, res, errmsg, "campaigns", limit);
-}
-
 void campaigns_list(struct api_req *r)
 {
     long limit;
@@ -669,9 +660,8 @@ void campaigns_list(struct api_req *r)
     snprintf(l, sizeof(l), "%ld", limit);
     char *st = status ? xstrdup(status) : NULL;
     evhttp_clear_headers(&q);
-    r->state = (void *)(intptr_t)limit;
     const char *params[] = {tenant, a, l, st};
-    pgpool_query(r->app->pg, sql_list, 4, params, list_done, r);
+    http_query_page(r, sql_list, 4, params, "campaigns", limit);
     free(st);
 }
 

@@ -200,6 +200,21 @@ void http_reply_no_content(struct api_req *r)
     http_request_free(r);
 }
 
+static void page_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
+{
+    struct api_req *r = arg;
+    (void)sqlstate;
+    http_reply_page(r, res, errmsg, r->page_key, r->page_limit);
+}
+
+void http_query_page(struct api_req *r, const char *sql, int nparams, const char *const *params,
+                     const char *key, long limit)
+{
+    r->page_key = key;
+    r->page_limit = limit;
+    pgpool_query(r->app->pg, sql, nparams, params, page_done, r);
+}
+
 void http_reply_page(struct api_req *r, PGresult *res, const char *errmsg, const char *key,
                      long limit)
 {

@@ -306,13 +306,6 @@ out:
     cJSON_Delete(in);
 }
 
-static void list_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
-{
-    (void)sqlstate;
-    /* Not paged (a tenant has a handful of accounts): next_cursor is null. */
-    http_reply_page(arg, res, errmsg, "provider_accounts", -1);
-}
-
 void providers_list(struct api_req *r)
 {
     struct evkeyvalq q;
@@ -330,7 +323,8 @@ void providers_list(struct api_req *r)
     char *channel = ch ? xstrdup(ch) : NULL;
     evhttp_clear_headers(&q);
     const char *params[] = {tenant, channel};
-    pgpool_query(r->app->pg, sql_list, 2, params, list_done, r);
+    /* Not paged (a tenant has a handful of accounts): next_cursor is null. */
+    http_query_page(r, sql_list, 2, params, "provider_accounts", -1);
     free(channel);
 }
 

@@ -296,15 +296,6 @@ void segments_create(struct api_req *r)
     cJSON_Delete(in);
 }
 
-static void list_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
-{
-    struct api_req *r = arg;
-    (void)sqlstate;
-    long limit = (long)(intptr_t)r->state;
-    r->state = NULL;
-    http_reply_page(r, res, errmsg, "segments", limit);
-}
-
 void segments_list(struct api_req *r)
 {
     long limit;
@@ -315,9 +306,8 @@ void segments_list(struct api_req *r)
     snprintf(tenant, sizeof(tenant), "%lld", r->tenant_id);
     snprintf(a, sizeof(a), "%lld", after);
     snprintf(l, sizeof(l), "%ld", limit);
-    r->state = (void *)(intptr_t)limit;
     const char *params[] = {tenant, a, l};
-    pgpool_query(r->app->pg, sql_list, 3, params, list_done, r);
+    http_query_page(r, sql_list, 3, params, "segments", limit);
 }
 
 void segments_get(struct api_req *r)

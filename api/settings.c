@@ -8,7 +8,6 @@
 #include <sys/queue.h>
 
 #include <event2/keyvalq_struct.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,15 +199,6 @@ void suppressions_create(struct api_req *r)
     cJSON_Delete(in);
 }
 
-static void supp_list_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
-{
-    struct api_req *r = arg;
-    (void)sqlstate;
-    long limit = (long)(intptr_t)r->state;
-    r->state = NULL;
-    http_reply_page(r, res, errmsg, "suppressions", limit);
-}
-
 void suppressions_list(struct api_req *r)
 {
     long limit;
@@ -242,9 +232,8 @@ void suppressions_list(struct api_req *r)
         snprintf(chv, sizeof(chv), "%s", ch);
     bool has_addr = addr != NULL;
     evhttp_clear_headers(&q);
-    r->state = (void *)(intptr_t)limit;
     const char *params[] = {tenant, a, l, chv[0] ? chv : NULL, has_addr ? norm : NULL};
-    pgpool_query(r->app->pg, sql_supp_list, 5, params, supp_list_done, r);
+    http_query_page(r, sql_supp_list, 5, params, "suppressions", limit);
 }
 
 static void supp_deleted(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
