@@ -38,6 +38,15 @@ const char pace_lua_take[] =
     LUA_TAKE_FN "local g, w = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)\n"
                 "return {g, w}\n";
 
+/* KEYS[1] a provider account's bucket, KEYS[2] its pause key (set for a
+ * 429's Retry-After); ARGV rate per minute, want. While paused: nothing,
+ * and the pause's remaining milliseconds as the wait. */
+const char pace_lua_take_account[] =
+    LUA_TAKE_FN "local p = redis.call('PTTL', KEYS[2])\n"
+                "if p > 0 then return {0, p} end\n"
+                "local g, w = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)\n"
+                "return {g, w}\n";
+
 /* KEYS[1] the delayed set, KEYS[2] the campaign's bucket; ARGV rate, then
  * (due ms, member) pairs. A paced campaign's members due at the same time
  * (a window opening) are spread from it at the campaign's pace, counted per

@@ -42,5 +42,6 @@ int pace_member(char *out, size_t outsz, const char *channel, const char *delive
 extern const char pace_lua_take[];
 extern const char pace_lua_move[];
 extern const char pace_lua_defer[];
+extern const char pace_lua_take_account[];
 
 #endif

@@ -103,6 +103,7 @@ void twilio_classify(long http_status, const char *body, size_t len, long retry_
         }
     } else if (http_status == 429 || c == 20429 || c == 21611 || c == 30001) {
         out->outcome = SEND_RETRY;
+        out->throttled = http_status == 429 || c == 20429;
     } else if (http_status >= 500) {
         out->outcome = SEND_RETRY;
         if (!out->message[0])

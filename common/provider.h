@@ -31,6 +31,7 @@ struct send_result {
     char message[256];  /* provider or transport error text, "" if none */
     long retry_after_s; /* from Retry-After, 0 if none */
     bool opt_out;       /* the provider says the recipient opted out */
+    bool throttled;     /* 429: not processed, the account must slow down */
 };
 
 /* Returns the outcome's name as stored in deliveries.status. */

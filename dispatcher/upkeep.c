@@ -29,11 +29,14 @@ static const char sql_stale_pending[] =
     "   AND d.updated_at < now() - make_interval(secs => $1::int)"
     " GROUP BY d.tenant_id, d.campaign_id, d.channel";
 
-/* Due retries go back to 'pending' (not 'queued'): the outbox rule then
- * guarantees their job even if we crash before the XADD. */
+/* A retry's job waits in crier:delayed (the worker puts it there with the
+ * outcome). One still in 'retry' a minute after it was due lost that job
+ * (a Redis failure): it goes back to 'pending' (not 'queued': the outbox
+ * rule then guarantees its job even if we crash before the XADD). */
 static const char sql_promote[] =
     "WITH due AS (SELECT d.id FROM deliveries d WHERE d.status = 'retry'"
-    "  AND d.next_attempt_at <= now() AND EXISTS (SELECT 1 FROM campaigns k"
+    "  AND d.next_attempt_at <= now() - interval '60 seconds'"
+    "  AND EXISTS (SELECT 1 FROM campaigns k"
     "    WHERE k.tenant_id = d.tenant_id AND k.id = d.campaign_id AND k.status = 'running')"
     "  ORDER BY d.next_attempt_at LIMIT 2000 FOR UPDATE OF d SKIP LOCKED)"
     " UPDATE deliveries d SET status = 'pending', updated_at = now() FROM due"
@@ -147,7 +150,7 @@ enum cr_err promote_retries(struct disp *d)
                               PQgetvalue(res, i, 1), &id, 1);
     }
     if (PQntuples(res) > 0)
-        log_info("re-enqueued %d due retries", PQntuples(res));
+        log_info("re-enqueued %d retries whose delayed job was lost", PQntuples(res));
     PQclear(res);
     return err;
 }

@@ -22,6 +22,12 @@
  * member), which the worker ZADDs before acknowledging the entry. A paused
  * campaign's jobs are acknowledged unsent (resume releases them again).
  * Claimed rows (kind 's') carry what the send needs; see send.c's COL_*. */
+/* A delivery a job may claim: not yet attempted, or a retry that is due
+ * (its job comes from crier:delayed; a second early job finds it not due). */
+#define CLAIMABLE_SQL                                                                              \
+    "(d.status IN ('pending', 'queued') OR (d.status = 'retry'"                                    \
+    " AND d.next_attempt_at <= now() + interval '1 second'))"
+
 /* clang-format off */
 static const char sql_claim[] =
     "WITH j AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS j(id, tenant_id)),"
@@ -31,7 +37,7 @@ static const char sql_claim[] =
     "     " GATE_SKIP_SQL("d.channel", "TRUE", "t.frequency_cap_7d") ") AS skip,"
     "   " GATE_DEADLINE_SQL " AS deadline"
     "  FROM j JOIN deliveries d ON d.id = j.id AND d.tenant_id = j.tenant_id"
-    "   AND d.status IN ('pending', 'queued')"
+    "   AND " CLAIMABLE_SQL
     "  JOIN campaigns k ON k.tenant_id = d.tenant_id AND k.id = d.campaign_id"
     "   AND k.status = 'running'"
     "  JOIN tenants t ON t.id = d.tenant_id"
@@ -50,14 +56,12 @@ static const char sql_claim[] =
     "    skip_reason = g2.reason,"
     "    attempts = d.attempts + CASE WHEN g2.reason IS NULL THEN 1 ELSE 0 END,"
     "    claimed_by = $3, claimed_at = now(), next_attempt_at = NULL, updated_at = now()"
-    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id"
-    "    AND d.status IN ('pending', 'queued')"
+    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND " CLAIMABLE_SQL
     "    AND (g2.reason IS NOT NULL OR g2.due <= now())"
     "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts, d.status),"
     " deferred AS ("
     "  UPDATE deliveries d SET status = 'queued', next_attempt_at = g2.due, updated_at = now()"
-    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id"
-    "    AND d.status IN ('pending', 'queued')"
+    "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND " CLAIMABLE_SQL
     "    AND g2.reason IS NULL AND g2.due > now()"
     "  RETURNING d.id, d.tenant_id, g2.due,"
     "    g2.channel || '|' || g2.id || '|' || g2.tenant_id || '|' || g2.campaign_id || '|'"
@@ -65,7 +69,7 @@ static const char sql_claim[] =
     " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
     "  p.credentials, c.sms_opt_out, cl.campaign_id, cl.customer_id, k.variants::text,"
-    "  's', NULL::bigint, NULL::text"
+    "  's', NULL::bigint, NULL::text, p.rate_per_second"
     " FROM claimed cl"
     " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
@@ -74,7 +78,7 @@ static const char sql_claim[] =
     " UNION ALL"
     " SELECT df.id, df.tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
     "  NULL, NULL, NULL, NULL, NULL, NULL, 'd', (extract(epoch FROM df.due) * 1000)::bigint,"
-    "  df.member"
+    "  df.member, NULL::int"
     " FROM deferred df";
 /* clang-format on */
 
@@ -98,6 +102,10 @@ static const char sql_outcomes[] =
     "   AS u(id, tenant_id, status, pmid, code, err, retry_in, body, provider, variant)),"
     " upd AS ("
     "  UPDATE deliveries d SET status = u.status, provider = u.provider,"
+    /* A throttled send (429, or the account's own rate) was never
+     * processed: it does not use up an attempt. */
+    "    attempts = d.attempts - CASE WHEN u.status = 'retry'"
+    "      AND u.code IN ('20429', 'http_429', 'rate_limited') THEN 1 ELSE 0 END,"
     "    variant = COALESCE(u.variant, d.variant),"
     "    provider_message_id = COALESCE(u.pmid, d.provider_message_id),"
     "    error_code = NULLIF(u.code, ''), last_error = NULLIF(u.err, ''),"
@@ -108,7 +116,8 @@ static const char sql_outcomes[] =
     "    updated_at = now()"
     "  FROM u WHERE d.id = u.id AND d.tenant_id = u.tenant_id AND d.status = 'sending'"
     "    AND d.claimed_by = $10"
-    "  RETURNING d.id, d.tenant_id, d.customer_id, d.channel, u.status, u.body, u.pmid, u.code),"
+    "  RETURNING d.id, d.tenant_id, d.customer_id, d.campaign_id, d.channel, d.next_attempt_at,"
+    "    u.status, u.body, u.pmid, u.code),"
     " msg AS ("
     "  INSERT INTO messages (tenant_id, delivery_id, customer_id, direction, channel, body,"
     "    provider_message_id)"
@@ -120,7 +129,12 @@ static const char sql_outcomes[] =
     "    sms_opt_out = c.sms_opt_out OR upd.code = '21610', updated_at = now()"
     "  FROM upd WHERE c.tenant_id = upd.tenant_id AND c.id = upd.customer_id"
     "    AND (upd.status = 'sent' OR upd.code = '21610'))"
-    " SELECT count(*) FROM upd";
+    /* Retries: ZADDed to crier:delayed by the worker (then XACKed). */
+    " SELECT (extract(epoch FROM upd.next_attempt_at) * 1000)::bigint,"
+    "  upd.channel || '|' || upd.id || '|' || upd.tenant_id || '|' || upd.campaign_id || '|'"
+    "  || COALESCE(k.rate_per_minute, 0)"
+    " FROM upd JOIN campaigns k ON k.tenant_id = upd.tenant_id AND k.id = upd.campaign_id"
+    " WHERE upd.status = 'retry'";
 
 #define ORPHAN_AGE_S 60
 
@@ -471,7 +485,7 @@ void jobs_maybe_read(struct worker *w)
 
 void jobs_add_outcome(struct worker *w, struct outcome *o)
 {
-    if (o->res.outcome == SEND_RETRY && o->attempts >= w->cfg->max_attempts) {
+    if (o->res.outcome == SEND_RETRY && !o->res.throttled && o->attempts >= w->cfg->max_attempts) {
         o->res.outcome = SEND_FAILED;
         char msg[sizeof(o->res.message)];
         snprintf(msg, sizeof(msg), "attempts exhausted (%d): %.200s", o->attempts, o->res.message);
@@ -532,6 +546,12 @@ static void write_done(void *arg, PGresult *res, const char *errmsg, const char 
         free(wr);
         return;
     }
+    /* Retries wait in crier:delayed; the ZADDs go before the XACK on the
+     * same connection. A ZADD lost with the connection leaves the delivery
+     * in 'retry': the dispatcher enqueues overdue retries again. */
+    for (int r = 0; r < PQntuples(res) && w->wr; r++)
+        redisAsyncCommand(w->wr, NULL, NULL, "ZADD %s %s %s", w->keys.delayed,
+                          PQgetvalue(res, r, 0), PQgetvalue(res, r, 1));
     char **ids = xcalloc((size_t)wr->n, sizeof(char *));
     for (int i = 0; i < wr->n; i++) {
         ids[i] = wr->o[i].stream_id;

@@ -5,8 +5,11 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
+#include "pace.h"
+#include "sms.h"
 #include "template.h"
 #include "variant.h"
 #include "worker.h"
@@ -34,6 +37,7 @@ enum claim_col {
     COL_CAMPAIGN,
     COL_CUSTOMER,
     COL_VARIANTS,
+    COL_ACCOUNT_RATE = 21, /* after jobs.c's kind, due and member */
 };
 
 struct send {
@@ -42,6 +46,9 @@ struct send {
     struct curl_slist *headers;
     struct buf response;
     long retry_after;
+    struct account *account;
+    unsigned cost;      /* tokens: SMS segments */
+    struct send *qnext; /* in its account's queue, waiting for tokens */
     struct outcome o;
 };
 
@@ -55,6 +62,8 @@ struct sock {
  * ------------------------------------------------------------------- */
 
 static void check_done(struct worker *w);
+static void send_free(struct send *s);
+static void rate_pause(struct worker *w, struct account *a, long retry_after_s);
 
 static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
 {
@@ -157,6 +166,14 @@ void send_cleanup(struct worker *w)
     while (w->accounts) {
         struct account *a = w->accounts;
         w->accounts = a->next;
+        while (a->qhead) { /* left by a grace period that ran out */
+            struct send *s = a->qhead;
+            a->qhead = s->qnext;
+            free(s->o.body);
+            send_free(s);
+        }
+        if (a->timer)
+            event_free(a->timer);
         memset(a->auth, 0, sizeof(a->auth));
         free(a);
     }
@@ -181,6 +198,9 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
     const char *kind = PQgetvalue(res, row, COL_KIND);
     struct account *a = xcalloc(1, sizeof(*a));
     a->id = id;
+    a->rate_ps = PQgetisnull(res, row, COL_ACCOUNT_RATE)
+                     ? 0
+                     : strtol(PQgetvalue(res, row, COL_ACCOUNT_RATE), NULL, 10);
     snprintf(a->from, sizeof(a->from), "%s", PQgetvalue(res, row, COL_FROM));
     if (strcmp(kind, "sandbox") == 0) {
         a->kind = ACCOUNT_SANDBOX;
@@ -342,6 +362,8 @@ static void check_done(struct worker *w)
                            rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY;
             transport_classify(reached, curl_easy_strerror(rc), &s->o.res);
         }
+        if (s->o.res.throttled)
+            rate_pause(w, s->account, s->o.res.retry_after_s);
         if (s->o.res.outcome == SEND_FAILED || s->o.res.outcome == SEND_UNKNOWN)
             log_warn("delivery %lld: %s (%s %s)", s->o.delivery_id,
                      send_outcome_status(s->o.res.outcome), s->o.res.code, s->o.res.message);
@@ -410,6 +432,172 @@ static const char *pick_body(struct worker *w, PGresult *res, int row, char vari
     if (cJSON_IsString(name))
         snprintf(variant, 33, "%s", name->valuestring);
     return cJSON_IsString(body) ? body->valuestring : PQgetvalue(res, row, COL_BODY);
+}
+
+/* ---------------------------------------------------------------------
+ * Provider rate: each account's messages (segments) per second, across
+ * all workers. Sends wait in their account's queue; one EVAL takes the
+ * tokens the whole queue needs from the account's Redis bucket
+ * (crier:rate:<account>, refilled at rate_per_second, one second of
+ * burst), and the queue drains as far as they go. A 429 pauses the
+ * account (crier:pause:<account>, for its Retry-After): every worker's
+ * next take waits for it. A send that would wait longer than
+ * RATE_MAX_WAIT_MS goes back as a throttled retry (no attempt used) through
+ * crier:delayed, so no delivery stays claimed for long.
+ * ------------------------------------------------------------------- */
+
+#define RATE_MAX_WAIT_MS 10000
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void rate_take(struct account *a);
+
+static void start_transfer(struct worker *w, struct send *s)
+{
+    if (curl_multi_add_handle(w->multi, s->easy) != CURLM_OK) {
+        struct outcome o2 = s->o;
+        s->o.body = NULL;
+        send_free(s);
+        w->inflight--;
+        skip_or_fail(w, &o2, SEND_RETRY, "internal", "curl refused the transfer");
+    }
+}
+
+/* Every queued send back as a throttled retry after wait_ms. */
+static void rate_give_back(struct account *a, long wait_ms)
+{
+    struct worker *w = a->w;
+    int n = 0;
+    while (a->qhead) {
+        struct send *s = a->qhead;
+        a->qhead = s->qnext;
+        struct outcome o = s->o;
+        s->o.body = NULL;
+        send_free(s);
+        w->inflight--;
+        o.res.throttled = true;
+        o.res.retry_after_s = (wait_ms + 999) / 1000;
+        skip_or_fail(w, &o, SEND_RETRY, "rate_limited", "provider account rate limit");
+        n++;
+    }
+    a->qtail = NULL;
+    a->qcost = 0;
+    a->qsince_ms = 0;
+    log_info("provider account %lld: %d sends back to crier:delayed for %ld ms (rate limit)", a->id,
+             n, wait_ms);
+}
+
+static void rate_drain(struct account *a)
+{
+    while (a->qhead && a->qhead->cost <= a->credit) {
+        struct send *s = a->qhead;
+        a->qhead = s->qnext;
+        if (!a->qhead)
+            a->qtail = NULL;
+        a->credit -= s->cost;
+        a->qcost -= s->cost;
+        start_transfer(a->w, s);
+    }
+    a->qsince_ms = a->qhead ? (a->qsince_ms ? a->qsince_ms : mono_ms()) : 0;
+}
+
+static void rate_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rate_take(arg);
+}
+
+static void rate_wait(struct account *a, long wait_ms)
+{
+    if (a->qsince_ms && mono_ms() - a->qsince_ms + wait_ms > RATE_MAX_WAIT_MS) {
+        rate_give_back(a, wait_ms);
+        return;
+    }
+    if (!a->timer)
+        a->timer = evtimer_new(a->w->base, rate_timer_cb, a);
+    struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+    evtimer_add(a->timer, &tv);
+}
+
+static void rate_taken(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct account *a = priv;
+    redisReply *r = reply;
+    (void)ac;
+    a->taking = false;
+    long granted = 0, wait = 200;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER && r->element[1]->type == REDIS_REPLY_INTEGER) {
+        granted = (long)r->element[0]->integer;
+        wait = (long)r->element[1]->integer;
+    } else {
+        log_warn("provider account %lld: rate bucket unavailable (%s)", a->id,
+                 r && r->type == REDIS_REPLY_ERROR ? r->str : "disconnected");
+    }
+    a->credit += (double)granted;
+    rate_drain(a);
+    if (a->qhead)
+        rate_wait(a, wait > 0 ? wait : 1);
+}
+
+static void rate_take(struct account *a)
+{
+    struct worker *w = a->w;
+    if (a->taking || !a->qhead)
+        return;
+    long want = a->qcost - (long)a->credit;
+    if (want <= 0) {
+        rate_drain(a);
+        return;
+    }
+    char bucket[RQ_KEY_MAX + 32], pause[RQ_KEY_MAX + 32];
+    snprintf(bucket, sizeof(bucket), "%srate:%lld", w->cfg->key_prefix, a->id);
+    snprintf(pause, sizeof(pause), "%spause:%lld", w->cfg->key_prefix, a->id);
+    if (!w->wr ||
+        redisAsyncCommand(w->wr, rate_taken, a, "EVAL %s 2 %s %s %ld %ld", pace_lua_take_account,
+                          bucket, pause, a->rate_ps * 60, want) != REDIS_OK) {
+        rate_wait(a, 200);
+        return;
+    }
+    a->taking = true;
+}
+
+static void rate_submit(struct worker *w, struct send *s)
+{
+    struct account *a = s->account;
+    if (a->rate_ps <= 0) {
+        start_transfer(w, s);
+        return;
+    }
+    a->w = w;
+    s->qnext = NULL;
+    if (a->qtail)
+        a->qtail->qnext = s;
+    else
+        a->qhead = s;
+    a->qtail = s;
+    a->qcost += s->cost;
+    if (!a->qsince_ms)
+        a->qsince_ms = mono_ms();
+    if (!a->taking && !(a->timer && evtimer_pending(a->timer, NULL)))
+        rate_take(a);
+}
+
+/* A 429: the account pauses for its Retry-After (1 s at least). */
+static void rate_pause(struct worker *w, struct account *a, long retry_after_s)
+{
+    if (!w->wr || !a)
+        return;
+    char pause[RQ_KEY_MAX + 32];
+    snprintf(pause, sizeof(pause), "%spause:%lld", w->cfg->key_prefix, a->id);
+    long ms = retry_after_s > 0 ? retry_after_s * 1000 : 1000;
+    redisAsyncCommand(w->wr, NULL, NULL, "SET %s 1 PX %ld", pause, ms);
 }
 
 void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
@@ -497,12 +685,10 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, w->cfg->connect_timeout_ms);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    if (curl_multi_add_handle(w->multi, c) != CURLM_OK) {
-        struct outcome o2 = s->o;
-        s->o.body = NULL;
-        send_free(s);
-        skip_or_fail(w, &o2, SEND_RETRY, "internal", "curl refused the transfer");
-        return;
-    }
-    w->inflight++;
+    s->account = a;
+    s->cost = sms_segments(o.body, strlen(o.body), NULL);
+    if (s->cost == 0)
+        s->cost = 1;
+    w->inflight++; /* from here until its outcome, queued or in curl */
+    rate_submit(w, s);
 }

@@ -46,13 +46,24 @@ struct worker_config {
     int log_format;
 };
 
-/* A provider account's usable form, decrypted once and cached. */
+struct send;
+
+/* A provider account's usable form, decrypted once and cached, with its
+ * queue of sends waiting for tokens of its rate (rate.c). */
 struct account {
     long long id;
     int kind; /* enum account_kind */
     char from[64];
     char url[512];  /* full Messages.json URL */
     char auth[256]; /* "sid:secret" for Basic auth */
+    long rate_ps;   /* messages (segments) per second across all workers; 0: none */
+    double credit;  /* tokens taken and not yet spent */
+    struct send *qhead, *qtail;
+    long qcost;          /* tokens the queue needs */
+    long long qsince_ms; /* when the queue's head started waiting */
+    bool taking;         /* an EVAL is outstanding */
+    struct event *timer; /* next take */
+    struct worker *w;
     struct account *next;
 };
 

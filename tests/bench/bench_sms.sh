@@ -15,7 +15,7 @@ t_init bench
 t_tenant_key
 t_start_fake_twilio
 T_PROVIDER=$(CRIER_PROVIDER_SECRET=fake-auth-token t_ctl provider create "$T_TENANT" \
-  --channel sms --kind twilio --from +15550100000 --account-sid AC00000000000000000000000000000000)
+  --channel sms --kind twilio --from +15550100000 --rate 100000 --account-sid AC00000000000000000000000000000000)
 t_start_api
 
 # Import through the API (the real path), timed.

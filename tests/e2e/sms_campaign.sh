@@ -8,7 +8,7 @@ t_tenant_key
 t_start_fake_twilio
 AUTH_TOKEN=fake-auth-token
 T_PROVIDER=$(CRIER_PROVIDER_SECRET=$AUTH_TOKEN t_ctl provider create "$T_TENANT" --channel sms \
-  --kind twilio --from +15550100000 --account-sid AC00000000000000000000000000000000)
+  --kind twilio --from +15550100000 --rate 100000 --account-sid AC00000000000000000000000000000000)
 t_start_api
 t_start_dispatcher
 export CRIER_WORKER_CONCURRENCY=64

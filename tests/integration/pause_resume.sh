@@ -23,7 +23,7 @@ t_init pause_resume
 t_tenant_key
 t_start_fake_twilio
 CRIER_PROVIDER_SECRET=fake-auth-token t_ctl provider create "$T_TENANT" --channel sms \
-  --kind twilio --from +15550100000 --account-sid AC00000000000000000000000000000000 >/dev/null
+  --kind twilio --from +15550100000 --rate 100000 --account-sid AC00000000000000000000000000000000 >/dev/null
 t_start_api
 t_start_dispatcher
 # Slow the workers down so that the pause and the cancel land in the middle.
