@@ -111,7 +111,7 @@ static const char sql_outcomes[] =
     "    error_code = NULLIF(u.code, ''), last_error = NULLIF(u.err, ''),"
     "    skip_reason = CASE WHEN u.status = 'skipped' THEN u.err ELSE d.skip_reason END,"
     "    next_attempt_at = CASE WHEN u.status = 'retry'"
-    "      THEN now() + make_interval(secs => u.retry_in) END,"
+    "      THEN now() + make_interval(secs => u.retry_in / 1000.0) END,"
     "    sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,"
     "    updated_at = now()"
     "  FROM u WHERE d.id = u.id AND d.tenant_id = u.tenant_id AND d.status = 'sending'"
@@ -507,13 +507,20 @@ void jobs_add_outcome(struct worker *w, struct outcome *o)
         jobs_flush(w);
 }
 
-/* Backoff for attempt n: 5 s * 2^(n-1), capped at 1 h, jitter ±25 %,
- * at least Retry-After. */
-static long backoff_s(int attempts, long retry_after)
+/* Backoff in ms for attempt n: CRIER_RETRY_BASE_MS * 2^(n-1), capped at
+ * 1 h, jitter ±25 %, at least Retry-After. A throttled send (429, rate
+ * limit) waits its Retry-After only: it used no attempt. */
+static long backoff_ms(const struct worker *w, const struct outcome *o)
 {
-    long base = 5L << (attempts > 10 ? 10 : (attempts > 0 ? attempts - 1 : 0));
-    if (base > 3600)
-        base = 3600;
+    long retry_after = o->res.retry_after_s * 1000;
+    if (o->res.throttled)
+        return retry_after > 0 ? retry_after : 1000;
+    int n = o->attempts > 0 ? o->attempts - 1 : 0;
+    long base = w->cfg->retry_base_ms;
+    for (int i = 0; i < n && base < 3600000; i++)
+        base *= 2;
+    if (base > 3600000)
+        base = 3600000;
     long jitter = base / 4;
     long b = base - jitter + (jitter ? random() % (2 * jitter + 1) : 0);
     return b > retry_after ? b : retry_after;
@@ -591,9 +598,7 @@ void jobs_flush(struct worker *w)
         if (!e)
             e = pgarr_add_text(&a[5], o->res.message);
         if (!e)
-            e = pgarr_add_int(&a[6], o->res.outcome == SEND_RETRY
-                                         ? backoff_s(o->attempts, o->res.retry_after_s)
-                                         : 0);
+            e = pgarr_add_int(&a[6], o->res.outcome == SEND_RETRY ? backoff_ms(w, o) : 0);
         if (!e)
             e = pgarr_add_text(&a[7], o->body);
         if (!e)

@@ -41,6 +41,8 @@ static const struct cfg_row worker_rows[] = {
      "5000", 100, 60000, NULL, 0, 0, "connect timeout of a send"},
     {"CRIER_MAX_ATTEMPTS", CFG_INT, offsetof(struct worker_config, max_attempts), "5", 1, 100, NULL,
      0, 0, "attempts before a retryable failure becomes failed (and goes to the DLQ)"},
+    {"CRIER_RETRY_BASE_MS", CFG_INT, offsetof(struct worker_config, retry_base_ms), "5000", 10,
+     600000, NULL, 0, 0, "first retry's delay; doubled per attempt (to 1 h), jitter +-25 %"},
     {"CRIER_WORKER_FLUSH_MS", CFG_INT, offsetof(struct worker_config, flush_ms), "20", 1, 5000,
      NULL, 0, 0, "longest an outcome waits before its batch is written"},
     {"CRIER_SHUTDOWN_GRACE", CFG_INT, offsetof(struct worker_config, shutdown_grace_s), "30", 0,

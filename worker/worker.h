@@ -40,6 +40,7 @@ struct worker_config {
     long send_timeout_ms;
     long connect_timeout_ms;
     long max_attempts;
+    long retry_base_ms;
     long flush_ms;
     long shutdown_grace_s;
     int log_level;
