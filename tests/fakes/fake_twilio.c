@@ -1,37 +1,92 @@
-/* fake_twilio.c - a loopback stand-in for Twilio's Messages API, for tests and benchmarks.
+/* fake_twilio.c - a loopback stand-in for Twilio's Messages and Calls APIs, with fault
+ * injection, for tests and benchmarks.
  *
- * Emulates: POST /2010-04-01/Accounts/{AccountSid}/Messages.json with HTTP Basic auth
- * (AccountSid:AuthToken), form-urlencoded input, Twilio's error JSON for 20003 (auth),
- * 21604 (To missing), 21211 (To not E.164), 21603 (no From / MessagingServiceSid), 21602
- * (Body missing), 21617 (Body over 1600 characters) and 20404 (unknown resource), and a 201
- * Message resource with a fresh SM sid, status "queued" ("accepted" with a Messaging Service,
- * which, like Twilio, reports num_segments "0" because no sender is assigned yet) and
- * num_segments computed the way carriers split: GSM-7 160/153 septets (extension characters
- * such as "{" or "€" take two, never split across parts), otherwise UCS-2 70/67 UTF-16 units
- * (surrogate pairs never split). Body length is counted in Unicode code points.
+ * Emulates, with HTTP Basic auth (AccountSid:AuthToken), form-urlencoded input and Twilio's
+ * error JSON {"code","message","more_info","status"} (20003 on bad credentials, 20404 on an
+ * unknown resource):
+ *
+ * POST /2010-04-01/Accounts/{AccountSid}/Messages.json: 21604 (To missing), 21211 (To not
+ *   E.164), 21603 (no From / MessagingServiceSid), 21602 (Body missing), 21617 (Body over
+ *   1600 characters); a 201 Message resource with a fresh SM sid, status "queued"
+ *   ("accepted" with a Messaging Service, which, like Twilio, reports num_segments "0"
+ *   because no sender is assigned yet) and num_segments computed the way carriers split:
+ *   GSM-7 160/153 septets (extension characters such as "{" or "€" take two, never split
+ *   across parts), otherwise UCS-2 70/67 UTF-16 units (surrogate pairs never split). Body
+ *   length is counted in Unicode code points.
+ * POST /2010-04-01/Accounts/{AccountSid}/Calls.json: 21201 (To missing), 21211 (To not
+ *   E.164), 21213 (From missing), 21212 (From not E.164), 21205 (none of Url, Twiml,
+ *   ApplicationSid, or Url not an absolute http(s) URL), 32018 (Twiml over 4000
+ *   characters), 21609 (StatusCallback not an absolute http(s) URL), 21626
+ *   (StatusCallbackEvent other than initiated, ringing, answered, completed; repeated
+ *   and space-separated values both accepted), 21208 (Timeout not a positive integer),
+ *   21234 (MachineDetection other than Enable / DetectMessageEnd, AsyncAmd other than
+ *   true / false; both case-insensitive); a 201 Call resource with a fresh CA sid,
+ *   status "queued", direction "outbound-api". With both Url and Twiml, Twilio uses the
+ *   Url (warning 32019), and so does the fake.
  *
  * Does not emulate: TLS, API-key (SK...) credentials, subaccounts, GET/list/update of
- * messages, status callbacks (StatusCallback is accepted and ignored), MediaUrl, scheduling,
- * ValidityPeriod checks, sender ownership (21606), opt-outs (21610), trial restrictions
- * (21608), Smart Encoding, rate limits and queueing (20429, 21611, 30001). Fault injection
- * (500 / 429 / slow or dropped replies) is planned: see fault_plan_decide().
+ * messages or calls, status callbacks (StatusCallback is checked or ignored, never called),
+ * TwiML execution, SIP / client endpoints, MediaUrl, scheduling, ValidityPeriod checks,
+ * sender ownership (21606, 21210), opt-outs (21610), trial restrictions (21608), Smart
+ * Encoding, real rate limits and queueing (21611, 30001).
  *
- * Test-only control endpoints (not counted in "requests"):
- *   GET  /_fake/stats  {"accepted","duplicates","requests","rejected","unique_recipients"}
- *                      and flushes the --record file.
- *   POST /_fake/reset  zeroes every counter, forgets seen recipients and (To, Body) pairs
- *                      and truncates the --record file.
- * "requests" counts every other request; each is answered either 201 ("accepted") or with a
- * Twilio error ("rejected"). "duplicates" counts accepted sends whose (To, Body) pair had
- * already been accepted since start or the last reset; they are still answered 201.
+ * Fault injection (Messages.json and Calls.json only, after authentication), set by the
+ * command-line options of the same names (--paccept-timeout, --latency-ms, ...) and at run
+ * time by POST /_fake/config; each request draws once from a generator seeded by "seed":
+ *   p500             fraction answered 500, code 20500; not processed.
+ *   p429             fraction answered 429, code 20429, with "Retry-After: <retry_after>"
+ *                    (retry_after 0 omits the header); not processed.
+ *   ptimeout         fraction never answered and not processed: the connection is closed
+ *                    without a reply after timeout_ms, or as soon as the client closes it.
+ *   paccept_timeout  fraction processed - validated, accepted, recorded (with
+ *                    "reply_lost":true) and counted, duplicates included - whose reply is
+ *                    lost the same way: "the provider got it, the client never heard".
+ *                    A request that fails validation is answered with its error instead.
+ *   latency_ms       every Messages / Calls reply (errors and faults included) is sent
+ *                    this much later; the control endpoints answer at once.
+ * With every fraction 0 and latency_ms 0 no draw is made and nothing is delayed.
+ *
+ * Test-only control endpoints (never faulted, delayed or counted in "requests"):
+ *   GET  /_fake/stats   counters since start or the last reset, and flushes the --record
+ *                       file: "accepted", "duplicates", "unique_recipients" (messages),
+ *                       "calls_accepted", "call_duplicates", "call_unique_recipients",
+ *                       "requests", "rejected", "faults_500", "faults_429",
+ *                       "faults_timeout", "faults_accept_timeout", and "held" (requests
+ *                       now waiting for a delayed reply or for their connection to close).
+ *   POST /_fake/reset   zeroes every counter, forgets seen recipients and pairs, and
+ *                       truncates the --record file; the fault configuration stays.
+ *   GET  /_fake/config  the fault configuration as JSON (the keys above, timeout_ms,
+ *                       retry_after, seed).
+ *   POST /_fake/config  a JSON object of some of those keys: checked as a whole (fractions
+ *                       in 0..1 summing to at most 1, integers in range, no unknown key),
+ *                       then applied; answers the whole configuration, or 400 {"error"}.
+ *                       A "seed" restarts the generator.
+ * "requests" counts every other request, at the moment it is decided, so that always
+ *   requests = accepted + calls_accepted + rejected + faults_500 + faults_429 +
+ *              faults_timeout
+ * ("rejected": answered with a Twilio error that is not an injected fault; the
+ * faults_accept_timeout requests are inside accepted / calls_accepted). "duplicates"
+ * counts accepted messages whose (To, Body) pair had already been accepted since start or
+ * the last reset, "call_duplicates" accepted calls whose (To, Url) pair had (Twiml or
+ * ApplicationSid standing in for a missing Url); they are still answered 201.
+ *
+ * --record FILE appends one JSON line per accepted request, in acceptance order:
+ *   {"kind":"message","sid","to","from","body"} or
+ *   {"kind":"call","sid","to","from","url","twiml", and any of "application_sid",
+ *    "status_callback","status_callback_event","timeout","machine_detection","async_amd"},
+ * plus "reply_lost":true when the reply was withheld (paccept_timeout).
  *
  * Single-threaded libevent evhttp server bound to loopback only; no per-request logging so
- * it sustains tens of thousands of keep-alive requests per second. */
+ * it sustains tens of thousands of keep-alive requests per second. A held request keeps its
+ * evhttp_request; reading on its connection is paused until the reply (HTTP/1.1 clients do
+ * not pipeline). */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +101,7 @@
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -59,10 +115,13 @@
 #define FAKE_MAX_REQUEST_BODY (1024 * 1024) /* larger bodies get libevent's 413 */
 #define FAKE_MAX_AUTH_HEADER 1024
 #define FAKE_MAX_FORM_KEY 64
+#define FAKE_MAX_FORM_FIELDS 12
 #define FAKE_RECORD_BUFFER (1024 * 1024)
-#define FAKE_SET_INITIAL_CAP 1024 /* power of two */
+#define FAKE_SET_INITIAL_CAP 1024       /* power of two */
+#define FAKE_SEED_MAX ((1LL << 53) - 1) /* exact in a JSON number */
 
 #define TW_BODY_MAX_CHARS 1600
+#define TW_TWIML_MAX_CHARS 4000
 #define TW_GSM_SINGLE 160
 #define TW_GSM_PART 153
 #define TW_UCS2_SINGLE 70
@@ -71,28 +130,42 @@
 #define TW_API_PREFIX "/2010-04-01/"
 #define TW_ACCOUNTS_PREFIX "/2010-04-01/Accounts/"
 #define TW_MESSAGES_LEAF "Messages.json"
+#define TW_CALLS_LEAF "Calls.json"
 #define TW_MORE_INFO "https://www.twilio.com/docs/errors/"
 
 #define DEFAULT_ACCOUNT_SID "AC00000000000000000000000000000000"
 #define DEFAULT_AUTH_TOKEN "fake-auth-token"
 
-/* libevent 2.1 names only some statuses (no 201, no 401). */
+/* libevent 2.1 names only some statuses (no 201, no 401, no 429). */
 enum fake_http_status {
     FAKE_HTTP_OK = 200,
     FAKE_HTTP_CREATED = 201,
     FAKE_HTTP_BAD_REQUEST = 400,
     FAKE_HTTP_UNAUTHORIZED = 401,
     FAKE_HTTP_NOT_FOUND = 404,
+    FAKE_HTTP_TOO_MANY_REQUESTS = 429,
+    FAKE_HTTP_INTERNAL_ERROR = 500,
 };
 
 enum tw_code {
     TW_AUTHENTICATE = 20003,
     TW_NOT_FOUND = 20404,
+    TW_TOO_MANY_REQUESTS = 20429,
+    TW_INTERNAL_ERROR = 20500,
+    TW_CALL_TO_REQUIRED = 21201,
+    TW_CALL_URL_INVALID = 21205,
+    TW_CALL_TIMEOUT_INVALID = 21208,
     TW_INVALID_TO = 21211,
+    TW_CALL_FROM_INVALID = 21212,
+    TW_CALL_FROM_REQUIRED = 21213,
+    TW_CALL_AMD_INVALID = 21234,
     TW_BODY_REQUIRED = 21602,
     TW_FROM_REQUIRED = 21603,
     TW_TO_REQUIRED = 21604,
+    TW_STATUS_CALLBACK_INVALID = 21609,
     TW_BODY_TOO_LONG = 21617,
+    TW_STATUS_CALLBACK_EVENT_INVALID = 21626,
+    TW_TWIML_TOO_LONG = 32018,
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -106,6 +179,16 @@ struct fake_config {
     const char *auth_token;
     const char *record_path; /* NULL: no record */
     const char *port_file;   /* NULL: none */
+};
+
+/* The fault plan: the one piece of configuration that changes at run time (POST
+ * /_fake/config). Described, parsed and printed through fault_knobs[]. */
+struct fault_config {
+    double p500, p429, ptimeout, paccept_timeout; /* fractions of API requests, sum <= 1 */
+    long long latency_ms;
+    long long retry_after; /* seconds; 0: no Retry-After header */
+    long long timeout_ms;  /* how long an unanswered request is held */
+    long long seed;
 };
 
 /* Open-addressing set of byte strings (linear probing, load <= 1/2). Owns its keys. */
@@ -122,11 +205,19 @@ struct strset {
 };
 
 struct fake_stats {
-    uint64_t accepted;
+    uint64_t accepted; /* messages */
     uint64_t duplicates;
+    uint64_t calls_accepted;
+    uint64_t call_duplicates;
     uint64_t requests;
     uint64_t rejected;
+    uint64_t faults_500;
+    uint64_t faults_429;
+    uint64_t faults_timeout;
+    uint64_t faults_accept_timeout;
 };
+
+struct hold;
 
 struct app {
     const struct fake_config *cfg;
@@ -136,21 +227,33 @@ struct app {
     char *credentials;    /* "sid:token", compared with the decoded Basic auth */
     size_t credentials_len;
     char *messages_path; /* TW_ACCOUNTS_PREFIX sid "/" TW_MESSAGES_LEAF */
+    char *calls_path;    /* TW_ACCOUNTS_PREFIX sid "/" TW_CALLS_LEAF */
     struct fake_stats stats;
-    struct strset pairs;      /* To '\0' Body of accepted sends */
-    struct strset recipients; /* To of accepted sends */
+    struct strset pairs;           /* To '\0' Body of accepted messages */
+    struct strset recipients;      /* To of accepted messages */
+    struct strset call_pairs;      /* To '\0' kind instruction, of accepted calls */
+    struct strset call_recipients; /* To of accepted calls */
     FILE *record;
     bool record_failed;
     uint64_t id_key[3]; /* random per process: sid prefix and mixing keys */
     uint64_t sid_counter;
     uint64_t request_counter;
+    struct fault_config faults;
+    bool faults_active; /* some fraction > 0 */
+    uint64_t rng;       /* splitmix64 state, from faults.seed */
+    bool early_close;   /* the backend reports a peer's close (EV_CLOSED) */
+    struct hold *holds; /* requests waiting for a delayed reply or a close */
+    size_t held;
 };
 
 enum route {
     ROUTE_MESSAGES_CREATE = 0,
+    ROUTE_CALLS_CREATE,
     ROUTE_API_OTHER, /* under /2010-04-01/ but not emulated: 404 after auth */
     ROUTE_FAKE_STATS,
     ROUTE_FAKE_RESET,
+    ROUTE_FAKE_CONFIG_GET,
+    ROUTE_FAKE_CONFIG_SET,
     ROUTE_NOT_FOUND,
 };
 
@@ -160,7 +263,9 @@ struct exchange {
     struct evhttp_request *req;
     enum route route;
     const char *path;
-    bool counted; /* an emulated-API request: counts in requests / rejected */
+    bool counted;          /* an emulated-API request: counts in requests / rejected */
+    bool faulted;          /* an injected fault: counted by its own counter, not rejected */
+    long long retry_after; /* > 0: send a Retry-After header */
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -318,7 +423,7 @@ static void utf8_sanitize(char **s, size_t *len)
 {
     const unsigned char *p = (const unsigned char *)*s;
     size_t n = *len, i = 0, bad = 0;
-    uint32_t cp;
+    uint32_t cp = 0;
     while (i < n) {
         size_t k = utf8_next(p + i, n - i, &cp);
         if (k == 0) {
@@ -391,7 +496,7 @@ static unsigned pack_parts(const unsigned char *p, size_t n, bool gsm, unsigned 
                            unsigned part)
 {
     unsigned total = 0, parts = 1, used = 0;
-    uint32_t cp;
+    uint32_t cp = 0;
     for (size_t i = 0; i < n;) {
         size_t k = utf8_next(p + i, n - i, &cp); /* input is sanitised: k >= 1 */
         unsigned w = gsm ? (unsigned)gsm7_septets(cp) : (cp >= 0x10000 ? 2u : 1u);
@@ -412,7 +517,7 @@ static void body_measure(const char *body, size_t n, size_t *chars, unsigned *se
     const unsigned char *p = (const unsigned char *)body;
     bool gsm = true;
     size_t count = 0;
-    uint32_t cp;
+    uint32_t cp = 0;
     for (size_t i = 0; i < n; count++) {
         i += utf8_next(p + i, n - i, &cp);
         if (gsm && gsm7_septets(cp) == 0)
@@ -463,13 +568,196 @@ static bool b64_decode(const char *in, size_t n, unsigned char *out, size_t outs
     return bits < 6;
 }
 
+/* Code points in sanitised UTF-8. */
+static size_t utf8_count(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t count = 0;
+    uint32_t cp = 0;
+    for (size_t i = 0; i < n; count++)
+        i += utf8_next(p + i, n - i, &cp);
+    return count;
+}
+
+/* An absolute http:// or https:// URL with a host and no white space. */
+static bool is_http_url(const char *s)
+{
+    size_t skip;
+    if (strncasecmp(s, "https://", 8) == 0)
+        skip = 8;
+    else if (strncasecmp(s, "http://", 7) == 0)
+        skip = 7;
+    else
+        return false;
+    if (s[skip] == '\0' || strchr("/?#:", s[skip]))
+        return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ')
+            return false;
+    return true;
+}
+
+/* ^[1-9][0-9]*$, at most 9 digits. */
+static bool is_positive_int(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 9 || s[0] == '0')
+        return false;
+    return strspn(s, "0123456789") == n;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Random numbers: splitmix64, one stream per process, restarted by a seed
+ * ------------------------------------------------------------------------------------------ */
+
+static uint64_t rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1). */
+static double rng_unit(uint64_t *state)
+{
+    return (double)(rng_next(state) >> 11) * 0x1.0p-53;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Held requests: a reply sent later, or no reply at all
+ *
+ * A held request keeps its evhttp_request, which stays valid until we answer it or free
+ * its connection: reading on the connection is paused first (libevent 2.1 would otherwise
+ * notice the peer's close, detach the request and free the connection under us). A drop
+ * ends when timeout_ms has passed or, with a backend that reports it (EV_CLOSED), when
+ * the client closes, whichever is first; then the connection is freed without a reply.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Reason phrases libevent 2.1 lacks ("Client Error" otherwise); NULL: libevent's own. */
+static const char *reply_reason(int status)
+{
+    return status == FAKE_HTTP_TOO_MANY_REQUESTS ? "Too Many Requests" : NULL;
+}
+
+enum hold_kind {
+    HOLD_REPLY = 0, /* the reply is composed in the request's output buffer */
+    HOLD_DROP,
+};
+
+struct hold {
+    struct hold *prev, *next;
+    struct app *app;
+    struct evhttp_request *req;
+    struct event *timer;
+    struct event *closed; /* HOLD_DROP with early close: EV_CLOSED on the socket; or NULL */
+    enum hold_kind kind;
+    int status;
+};
+
+static void hold_unlink_free_events(struct hold *h)
+{
+    struct app *app = h->app;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        app->holds = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    app->held--;
+    /* Freeing a fired one-shot event inside its own callback is allowed by libevent; the
+     * loop does not touch it afterwards. The socket is still open here. */
+    if (h->closed)
+        event_free(h->closed);
+    event_free(h->timer);
+}
+
+/* Ends the hold: sends the composed reply or frees the connection. Frees h. */
+static void hold_finish(struct hold *h)
+{
+    struct evhttp_request *req = h->req;
+    enum hold_kind kind = h->kind;
+    int status = h->status;
+    hold_unlink_free_events(h);
+    free(h);
+    if (kind == HOLD_REPLY) {
+        evhttp_send_reply(req, status, reply_reason(status), NULL); /* frees a detached req */
+        return;
+    }
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    if (conn)
+        evhttp_connection_free(conn); /* frees req with it */
+    else
+        evhttp_request_free(req);
+}
+
+static void hold_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    hold_finish(arg);
+}
+
+static void hold_on_closed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    hold_finish(arg);
+}
+
+static void hold_start(struct app *app, struct evhttp_request *req, enum hold_kind kind, int status,
+                       long long ms)
+{
+    struct hold *h = xcalloc(1, sizeof(*h));
+    h->app = app;
+    h->req = req;
+    h->kind = kind;
+    h->status = status;
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    if (bev)
+        bufferevent_disable(bev, EV_READ);
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    h->timer = evtimer_new(app->base, hold_on_timer, h);
+    if (!h->timer || evtimer_add(h->timer, &tv) != 0) {
+        fprintf(stderr, "fatal: cannot arm a reply timer\n");
+        abort();
+    }
+    if (kind == HOLD_DROP && bev && app->early_close) {
+        h->closed = event_new(app->base, bufferevent_getfd(bev), EV_CLOSED, hold_on_closed, h);
+        if (h->closed && event_add(h->closed, NULL) != 0) {
+            event_free(h->closed);
+            h->closed = NULL; /* the timer alone ends it */
+        }
+    }
+    h->next = app->holds;
+    if (app->holds)
+        app->holds->prev = h;
+    app->holds = h;
+    app->held++;
+}
+
+/* At exit, before evhttp_free (which frees the connections and their requests). */
+static void holds_cleanup(struct app *app)
+{
+    while (app->holds) {
+        struct hold *h = app->holds;
+        struct evhttp_request *req = h->req;
+        hold_unlink_free_events(h);
+        free(h);
+        if (!evhttp_request_get_connection(req))
+            evhttp_request_free(req);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------
  * Replies: the only place that sets headers and calls evhttp_send_reply
  * ------------------------------------------------------------------------------------------ */
 
 static void make_id(struct app *app, const char *prefix, uint64_t counter, char out[35])
 {
-    /* Bijective in counter, so ids never repeat; the prefix keeps SM and RQ streams apart. */
+    /* Bijective in counter, so ids never repeat; the prefix keeps SM, CA and RQ streams
+     * apart. */
     uint64_t domain = ((uint64_t)(unsigned char)prefix[0] << 8 | (unsigned char)prefix[1]) *
                       0x9e3779b97f4a7c15ULL;
     uint64_t hi = mix64(counter ^ app->id_key[1] ^ domain);
@@ -479,19 +767,36 @@ static void make_id(struct app *app, const char *prefix, uint64_t counter, char 
 
 static void reply_send(struct exchange *ex, int status, const char *json, size_t len)
 {
+    struct app *app = ex->app;
     struct evkeyvalq *h = evhttp_request_get_output_headers(ex->req);
     evhttp_add_header(h, "Content-Type", "application/json");
     if (ex->counted) {
         char rq[35];
-        make_id(ex->app, "RQ", ++ex->app->request_counter, rq);
+        make_id(app, "RQ", ++app->request_counter, rq);
         evhttp_add_header(h, "Twilio-Request-Id", rq);
-        if (status >= 300)
-            ex->app->stats.rejected++;
+        if (status >= 300 && !ex->faulted)
+            app->stats.rejected++;
     }
     if (status == FAKE_HTTP_UNAUTHORIZED)
         evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"Twilio API\"");
-    evbuffer_add(ex->app->out, json, len);
-    evhttp_send_reply(ex->req, status, NULL, ex->app->out);
+    if (ex->retry_after > 0) {
+        char v[24];
+        snprintf(v, sizeof(v), "%lld", ex->retry_after);
+        evhttp_add_header(h, "Retry-After", v);
+    }
+    if (ex->counted && app->faults.latency_ms > 0) {
+        evbuffer_add(evhttp_request_get_output_buffer(ex->req), json, len);
+        hold_start(app, ex->req, HOLD_REPLY, status, app->faults.latency_ms);
+        return;
+    }
+    evbuffer_add(app->out, json, len);
+    evhttp_send_reply(ex->req, status, reply_reason(status), app->out);
+}
+
+/* No reply: the connection is closed after timeout_ms, or when the client closes it. */
+static void reply_withhold(struct exchange *ex)
+{
+    hold_start(ex->app, ex->req, HOLD_DROP, 0, ex->app->faults.timeout_ms);
 }
 
 /* Serialises root (deleted here) and sends it. */
@@ -521,33 +826,394 @@ static void reply_twilio_error(struct exchange *ex, int status, enum tw_code cod
     reply_cjson(ex, status, root);
 }
 
-static void reply_not_found(struct exchange *ex)
+/* Sends the Twilio error with a formatted message (for messages that quote input). */
+static void reply_twilio_errorf(struct exchange *ex, int status, enum tw_code code, const char *fmt,
+                                ...) __attribute__((format(printf, 4, 5)));
+
+static void reply_twilio_errorf(struct exchange *ex, int status, enum tw_code code, const char *fmt,
+                                ...)
 {
-    char *msg = xasprintf("The requested resource %s was not found", ex->path);
-    reply_twilio_error(ex, FAKE_HTTP_NOT_FOUND, TW_NOT_FOUND, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *msg = xmalloc(n > 0 ? (size_t)n + 1 : 1);
+    msg[0] = '\0';
+    if (n > 0) {
+        va_start(ap, fmt);
+        vsnprintf(msg, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    reply_twilio_error(ex, status, code, msg);
     free(msg);
 }
 
+static void reply_not_found(struct exchange *ex)
+{
+    reply_twilio_errorf(ex, FAKE_HTTP_NOT_FOUND, TW_NOT_FOUND,
+                        "The requested resource %s was not found", ex->path);
+}
+
+/* Control endpoints' error shape: {"error": message}. */
+static void reply_control_error(struct exchange *ex, const char *message)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "error", message);
+    reply_cjson(ex, FAKE_HTTP_BAD_REQUEST, root);
+}
+
 /* ------------------------------------------------------------------------------------------
- * Fault plan hook
- *
- * Future fault injection (HTTP 500, 429 + Retry-After, slow replies, dropped connections)
- * decides here, once the request is authenticated and its form parsed, so a plan can match
- * on To / Body or on the request number. Each action gets an enum member and a case in
- * messages_create(); a delayed reply keeps the evhttp_request and answers from a timer.
+ * Fault plan: the knobs, their checks, and one decision per request
  * ------------------------------------------------------------------------------------------ */
+
+enum knob_type {
+    KNOB_FRACTION = 0, /* double in [0, 1] */
+    KNOB_INT,          /* long long in [min, max] */
+};
+
+struct knob {
+    const char *key; /* JSON key in /_fake/config */
+    const char *opt; /* command-line option, without "--" */
+    enum knob_type type;
+    size_t offset; /* in struct fault_config */
+    long long min, max;
+    const char *help;
+};
+
+#define KNOB_AT(field) offsetof(struct fault_config, field)
+
+static const struct knob fault_knobs[] = {
+    {"p500", "p500", KNOB_FRACTION, KNOB_AT(p500), 0, 0,
+     "fraction answered 500 (20500), not processed"},
+    {"p429", "p429", KNOB_FRACTION, KNOB_AT(p429), 0, 0,
+     "fraction answered 429 (20429) + Retry-After, not processed"},
+    {"ptimeout", "ptimeout", KNOB_FRACTION, KNOB_AT(ptimeout), 0, 0,
+     "fraction never answered, not processed"},
+    {"paccept_timeout", "paccept-timeout", KNOB_FRACTION, KNOB_AT(paccept_timeout), 0, 0,
+     "fraction accepted but never answered"},
+    {"latency_ms", "latency-ms", KNOB_INT, KNOB_AT(latency_ms), 0, 600000,
+     "delay before every API reply (0)"},
+    {"retry_after", "retry-after", KNOB_INT, KNOB_AT(retry_after), 0, 86400,
+     "Retry-After seconds of a 429 (1; 0: none)"},
+    {"timeout_ms", "timeout-ms", KNOB_INT, KNOB_AT(timeout_ms), 1, 3600000,
+     "how long an unanswered request is held (20000)"},
+    {"seed", "seed", KNOB_INT, KNOB_AT(seed), 0, FAKE_SEED_MAX,
+     "seed of the fault draws (default: the clock)"},
+};
+#define FAULT_NKNOBS (sizeof(fault_knobs) / sizeof(fault_knobs[0]))
 
 enum fault_action {
     FAULT_NONE = 0,
+    FAULT_500,
+    FAULT_429,
+    FAULT_TIMEOUT,
+    FAULT_ACCEPT_TIMEOUT,
 };
 
-struct msg_form;
-
-static enum fault_action fault_plan_decide(struct app *app, const struct msg_form *form)
+static void fault_config_defaults(struct fault_config *fc)
 {
-    (void)app;
-    (void)form;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *fc = (struct fault_config){
+        .retry_after = 1,
+        .timeout_ms = 20000,
+        .seed = (long long)(((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) &
+                            (uint64_t)FAKE_SEED_MAX),
+    };
+}
+
+/* Sets one knob; returns NULL or an error message (heap). */
+static char *knob_set(struct fault_config *fc, const struct knob *k, double v)
+{
+    char *field = (char *)fc + k->offset;
+    if (k->type == KNOB_FRACTION) {
+        if (!(v >= 0.0 && v <= 1.0))
+            return xasprintf("%s must be a number from 0 to 1", k->key);
+        memcpy(field, &v, sizeof(v));
+        return NULL;
+    }
+    if (!(v >= (double)k->min && v <= (double)k->max) || (double)(long long)v != v)
+        return xasprintf("%s must be an integer from %lld to %lld", k->key, k->min, k->max);
+    long long i = (long long)v;
+    memcpy(field, &i, sizeof(i));
+    return NULL;
+}
+
+/* Checks what no single knob can; returns NULL or an error message (heap). */
+static char *fault_config_check(const struct fault_config *fc)
+{
+    if (fc->p500 + fc->p429 + fc->ptimeout + fc->paccept_timeout > 1.0 + 1e-9)
+        return xstrdup("p500 + p429 + ptimeout + paccept_timeout must not exceed 1");
+    return NULL;
+}
+
+static void fault_config_commit(struct app *app, const struct fault_config *fc, bool reseed)
+{
+    app->faults = *fc;
+    app->faults_active =
+        fc->p500 > 0 || fc->p429 > 0 || fc->ptimeout > 0 || fc->paccept_timeout > 0;
+    if (reseed)
+        app->rng = (uint64_t)fc->seed;
+}
+
+/* Applies a JSON object of knobs as a whole; returns NULL or an error message (heap). */
+static char *fault_config_apply_json(struct app *app, const char *text, size_t n)
+{
+    struct fault_config next = app->faults;
+    bool reseed = false;
+    char *err = NULL;
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    if (!cJSON_IsObject(root)) {
+        err = xstrdup("the body must be a JSON object");
+        goto out;
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root)
+    {
+        const struct knob *k = NULL;
+        for (size_t i = 0; i < FAULT_NKNOBS; i++)
+            if (strcmp(fault_knobs[i].key, item->string) == 0)
+                k = &fault_knobs[i];
+        if (!k) {
+            err = xasprintf("unknown key %s", item->string);
+            goto out;
+        }
+        if (!cJSON_IsNumber(item)) {
+            err = xasprintf("%s must be a number", k->key);
+            goto out;
+        }
+        if ((err = knob_set(&next, k, item->valuedouble)) != NULL)
+            goto out;
+        if (strcmp(k->key, "seed") == 0)
+            reseed = true;
+    }
+    if ((err = fault_config_check(&next)) != NULL)
+        goto out;
+    fault_config_commit(app, &next, reseed);
+out:
+    cJSON_Delete(root);
+    return err;
+}
+
+static cJSON *fault_config_json(const struct fault_config *fc)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; i < FAULT_NKNOBS; i++) {
+        const struct knob *k = &fault_knobs[i];
+        const char *field = (const char *)fc + k->offset;
+        if (k->type == KNOB_FRACTION) {
+            double v;
+            memcpy(&v, field, sizeof(v));
+            cJSON_AddNumberToObject(o, k->key, v);
+        } else {
+            long long v;
+            memcpy(&v, field, sizeof(v));
+            cJSON_AddNumberToObject(o, k->key, (double)v);
+        }
+    }
+    return o;
+}
+
+/* One draw per request when some fraction is set; none otherwise. */
+static enum fault_action fault_plan_decide(struct app *app)
+{
+    if (!app->faults_active)
+        return FAULT_NONE;
+    const struct fault_config *fc = &app->faults;
+    double u = rng_unit(&app->rng);
+    if (u < fc->p500)
+        return FAULT_500;
+    u -= fc->p500;
+    if (u < fc->p429)
+        return FAULT_429;
+    u -= fc->p429;
+    if (u < fc->ptimeout)
+        return FAULT_TIMEOUT;
+    u -= fc->ptimeout;
+    if (u < fc->paccept_timeout)
+        return FAULT_ACCEPT_TIMEOUT;
     return FAULT_NONE;
+}
+
+/* Answers a fault that takes the request before it is processed (500, 429, timeout) and
+ * returns false; returns true when the request goes on to be processed. */
+static bool fault_pass_or_reply(struct exchange *ex, enum fault_action fault)
+{
+    struct app *app = ex->app;
+    switch (fault) {
+    case FAULT_NONE:
+    case FAULT_ACCEPT_TIMEOUT:
+        return true;
+    case FAULT_500:
+        app->stats.faults_500++;
+        ex->faulted = true;
+        reply_twilio_error(ex, FAKE_HTTP_INTERNAL_ERROR, TW_INTERNAL_ERROR,
+                           "Internal Server Error");
+        return false;
+    case FAULT_429:
+        app->stats.faults_429++;
+        ex->faulted = true;
+        ex->retry_after = app->faults.retry_after;
+        reply_twilio_error(ex, FAKE_HTTP_TOO_MANY_REQUESTS, TW_TOO_MANY_REQUESTS,
+                           "Too Many Requests");
+        return false;
+    case FAULT_TIMEOUT:
+        app->stats.faults_timeout++;
+        reply_withhold(ex);
+        return false;
+    }
+    return true;
+}
+
+/* After an accepted request: its 201, or nothing for paccept_timeout. Takes root. */
+static void fault_reply_accepted(struct exchange *ex, enum fault_action fault, cJSON *root)
+{
+    if (fault == FAULT_ACCEPT_TIMEOUT) {
+        ex->app->stats.faults_accept_timeout++;
+        cJSON_Delete(root);
+        reply_withhold(ex);
+        return;
+    }
+    reply_cjson(ex, FAKE_HTTP_CREATED, root);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Forms and the record file
+ * ------------------------------------------------------------------------------------------ */
+
+struct form_spec {
+    const char *const *names;
+    int nfields;    /* <= FAKE_MAX_FORM_FIELDS */
+    unsigned multi; /* bit i: repeats of field i are joined with spaces, not first-wins */
+};
+
+struct form {
+    char *value[FAKE_MAX_FORM_FIELDS]; /* decoded, UTF-8 sanitised; NULL when absent/empty */
+    size_t len[FAKE_MAX_FORM_FIELDS];
+};
+
+static void form_cleanup(struct form *f)
+{
+    for (int i = 0; i < FAKE_MAX_FORM_FIELDS; i++)
+        free(f->value[i]);
+}
+
+/* Stores a decoded value of field i (takes v). */
+static void form_store(struct form *f, const struct form_spec *spec, int i, char *v, size_t vlen)
+{
+    if (!f->value[i]) {
+        f->value[i] = v;
+        f->len[i] = vlen;
+        return;
+    }
+    if (!(spec->multi & (1u << i))) {
+        free(v);
+        return;
+    }
+    char *joined = xmalloc(f->len[i] + 1 + vlen + 1);
+    memcpy(joined, f->value[i], f->len[i]);
+    joined[f->len[i]] = ' ';
+    memcpy(joined + f->len[i] + 1, v, vlen + 1);
+    free(f->value[i]);
+    free(v);
+    f->value[i] = joined;
+    f->len[i] += 1 + vlen;
+}
+
+/* Parses the fields of spec; others are ignored. */
+static void form_parse(struct form *f, const struct form_spec *spec, const char *p, size_t n)
+{
+    memset(f, 0, sizeof(*f));
+    while (n > 0) {
+        const char *amp = memchr(p, '&', n);
+        size_t pair = amp ? (size_t)(amp - p) : n;
+        const char *eq = memchr(p, '=', pair);
+        size_t klen = eq ? (size_t)(eq - p) : pair;
+        char key[FAKE_MAX_FORM_KEY + 1];
+        if (klen <= FAKE_MAX_FORM_KEY) {
+            size_t kdec = form_decode(p, klen, key);
+            for (int i = 0; i < spec->nfields; i++) {
+                if ((f->value[i] && !(spec->multi & (1u << i))) || strlen(spec->names[i]) != kdec ||
+                    memcmp(spec->names[i], key, kdec) != 0)
+                    continue;
+                size_t vraw = eq ? pair - klen - 1 : 0;
+                char *v = xmalloc(vraw + 1);
+                size_t vlen = form_decode(eq ? eq + 1 : "", vraw, v);
+                if (vlen == 0) {
+                    free(v);
+                    break;
+                }
+                utf8_sanitize(&v, &vlen);
+                form_store(f, spec, i, v, vlen);
+                break;
+            }
+        }
+        if (!amp)
+            break;
+        p = amp + 1;
+        n -= pair + 1;
+    }
+}
+
+/* The request body, parsed with spec. */
+static void form_parse_request(struct form *f, const struct form_spec *spec,
+                               struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    form_parse(f, spec, body, n);
+}
+
+static void add_string_or_null(cJSON *o, const char *name, const char *value)
+{
+    if (value)
+        cJSON_AddStringToObject(o, name, value);
+    else
+        cJSON_AddNullToObject(o, name);
+}
+
+/* Appends line (deleted here) to the --record file. */
+static void record_write(struct app *app, cJSON *line, bool reply_lost)
+{
+    if (!app->record || app->record_failed) {
+        cJSON_Delete(line);
+        return;
+    }
+    if (reply_lost)
+        cJSON_AddTrueToObject(line, "reply_lost");
+    char *text = cJSON_PrintUnformatted(line);
+    cJSON_Delete(line);
+    if (!text || fputs(text, app->record) == EOF || fputc('\n', app->record) == EOF) {
+        fprintf(stderr, "fake-twilio: writing %s failed: %s; recording stopped\n",
+                app->cfg->record_path, strerror(errno));
+        app->record_failed = true;
+    }
+    cJSON_free(text);
+}
+
+/* Counts an accepted send in *accepted, in *duplicates when its pair (To '\0' rest) was
+ * seen before, and its recipient in recipients. */
+static void count_accepted(struct strset *pairs, struct strset *recipients, uint64_t *accepted,
+                           uint64_t *duplicates, const char *to, size_t tl, const char *rest,
+                           size_t rl)
+{
+    char *pair = xmalloc(tl + 1 + rl); /* To has no NUL, so the separator is unambiguous */
+    memcpy(pair, to, tl);
+    pair[tl] = '\0';
+    memcpy(pair + tl + 1, rest, rl);
+    (*accepted)++;
+    if (!strset_add_take(pairs, pair, tl + 1 + rl))
+        (*duplicates)++;
+    (void)strset_add_take(recipients, xstrndup(to, tl), tl);
+}
+
+static void format_date(char *out, size_t n)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, n, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -571,55 +1237,10 @@ static const char *const msg_field_names[MSG_NFIELDS] = {
     [MSG_STATUS_CALLBACK] = "StatusCallback",
 };
 
-struct msg_form {
-    char *value[MSG_NFIELDS]; /* decoded, UTF-8 sanitised; NULL when absent or empty */
-    size_t len[MSG_NFIELDS];
-};
-
-static void msg_form_cleanup(struct msg_form *f)
-{
-    for (int i = 0; i < MSG_NFIELDS; i++)
-        free(f->value[i]);
-}
-
-/* Parses the fields we know; others are ignored. The first occurrence of a field wins. */
-static void msg_form_parse(struct msg_form *f, const char *p, size_t n)
-{
-    memset(f, 0, sizeof(*f));
-    while (n > 0) {
-        const char *amp = memchr(p, '&', n);
-        size_t pair = amp ? (size_t)(amp - p) : n;
-        const char *eq = memchr(p, '=', pair);
-        size_t klen = eq ? (size_t)(eq - p) : pair;
-        char key[FAKE_MAX_FORM_KEY + 1];
-        if (klen <= FAKE_MAX_FORM_KEY) {
-            size_t kdec = form_decode(p, klen, key);
-            for (int i = 0; i < MSG_NFIELDS; i++) {
-                if (f->value[i] || strlen(msg_field_names[i]) != kdec ||
-                    memcmp(msg_field_names[i], key, kdec) != 0)
-                    continue;
-                size_t vraw = eq ? pair - klen - 1 : 0;
-                char *v = xmalloc(vraw + 1);
-                size_t vlen = form_decode(eq ? eq + 1 : "", vraw, v);
-                if (vlen == 0) {
-                    free(v);
-                    break;
-                }
-                utf8_sanitize(&v, &vlen);
-                f->value[i] = v;
-                f->len[i] = vlen;
-                break;
-            }
-        }
-        if (!amp)
-            break;
-        p = amp + 1;
-        n -= pair + 1;
-    }
-}
+static const struct form_spec msg_form_spec = {msg_field_names, MSG_NFIELDS, 0};
 
 /* Sends the Twilio validation error and returns false if the form cannot be sent. */
-static bool msg_validate_or_reply(struct exchange *ex, const struct msg_form *f, unsigned *segments)
+static bool msg_validate_or_reply(struct exchange *ex, const struct form *f, unsigned *segments)
 {
     const char *to = f->value[MSG_TO];
     if (!to) {
@@ -628,9 +1249,8 @@ static bool msg_validate_or_reply(struct exchange *ex, const struct msg_form *f,
         return false;
     }
     if (!is_e164(to, f->len[MSG_TO])) {
-        char *msg = xasprintf("The 'To' number %s is not a valid phone number.", to);
-        reply_twilio_error(ex, FAKE_HTTP_BAD_REQUEST, TW_INVALID_TO, msg);
-        free(msg);
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_INVALID_TO,
+                            "The 'To' number %s is not a valid phone number.", to);
         return false;
     }
     if (!f->value[MSG_FROM] && !f->value[MSG_SERVICE]) {
@@ -653,60 +1273,26 @@ static bool msg_validate_or_reply(struct exchange *ex, const struct msg_form *f,
     return true;
 }
 
-static void record_append(struct app *app, const char *sid, const struct msg_form *f)
+static void msg_record(struct app *app, const char *sid, const struct form *f, bool reply_lost)
 {
     if (!app->record || app->record_failed)
         return;
     cJSON *line = cJSON_CreateObject();
+    cJSON_AddStringToObject(line, "kind", "message");
     cJSON_AddStringToObject(line, "sid", sid);
     cJSON_AddStringToObject(line, "to", f->value[MSG_TO]);
-    if (f->value[MSG_FROM])
-        cJSON_AddStringToObject(line, "from", f->value[MSG_FROM]);
-    else
-        cJSON_AddNullToObject(line, "from");
+    add_string_or_null(line, "from", f->value[MSG_FROM]);
     cJSON_AddStringToObject(line, "body", f->value[MSG_BODY]);
-    char *text = cJSON_PrintUnformatted(line);
-    cJSON_Delete(line);
-    if (!text || fputs(text, app->record) == EOF || fputc('\n', app->record) == EOF) {
-        fprintf(stderr, "fake-twilio: writing %s failed: %s; recording stopped\n",
-                app->cfg->record_path, strerror(errno));
-        app->record_failed = true;
-    }
-    cJSON_free(text);
+    record_write(app, line, reply_lost);
 }
 
-/* Counts the accepted send: total, duplicate (To, Body) pair, distinct recipient. */
-static void msg_count_accepted(struct app *app, const struct msg_form *f)
-{
-    size_t tl = f->len[MSG_TO], bl = f->len[MSG_BODY];
-    char *pair = xmalloc(tl + 1 + bl); /* To has no NUL, so the separator is unambiguous */
-    memcpy(pair, f->value[MSG_TO], tl);
-    pair[tl] = '\0';
-    memcpy(pair + tl + 1, f->value[MSG_BODY], bl);
-    app->stats.accepted++;
-    if (!strset_add_take(&app->pairs, pair, tl + 1 + bl))
-        app->stats.duplicates++;
-    (void)strset_add_take(&app->recipients, xstrndup(f->value[MSG_TO], tl), tl);
-}
-
-static void add_string_or_null(cJSON *o, const char *name, const char *value)
-{
-    if (value)
-        cJSON_AddStringToObject(o, name, value);
-    else
-        cJSON_AddNullToObject(o, name);
-}
-
-static cJSON *msg_resource(struct app *app, const char *sid, const struct msg_form *f,
+static cJSON *msg_resource(struct app *app, const char *sid, const struct form *f,
                            unsigned segments)
 {
     const char *acct = app->cfg->account_sid;
     bool service = f->value[MSG_SERVICE] != NULL;
     char date[64], num[16], uri[256], media[256];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    format_date(date, sizeof(date));
     /* A Messaging Service picks the sender later: Twilio answers num_segments "0". */
     snprintf(num, sizeof(num), "%u", service ? 0u : segments);
     snprintf(uri, sizeof(uri), TW_ACCOUNTS_PREFIX "%s/Messages/%s.json", acct, sid);
@@ -740,28 +1326,265 @@ static cJSON *msg_resource(struct app *app, const char *sid, const struct msg_fo
 static void messages_create(struct exchange *ex)
 {
     struct app *app = ex->app;
-    struct evbuffer *in = evhttp_request_get_input_buffer(ex->req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
-    struct msg_form form;
-    msg_form_parse(&form, body, n);
+    enum fault_action fault = fault_plan_decide(app);
+    if (!fault_pass_or_reply(ex, fault))
+        return;
 
-    switch (fault_plan_decide(app, &form)) {
-    case FAULT_NONE:
-        break;
-    }
-
+    struct form form;
+    form_parse_request(&form, &msg_form_spec, ex->req);
     unsigned segments = 0;
     if (!msg_validate_or_reply(ex, &form, &segments))
         goto out;
 
     char sid[35];
     make_id(app, "SM", ++app->sid_counter, sid);
-    msg_count_accepted(app, &form);
-    record_append(app, sid, &form);
-    reply_cjson(ex, FAKE_HTTP_CREATED, msg_resource(app, sid, &form, segments));
+    count_accepted(&app->pairs, &app->recipients, &app->stats.accepted, &app->stats.duplicates,
+                   form.value[MSG_TO], form.len[MSG_TO], form.value[MSG_BODY], form.len[MSG_BODY]);
+    msg_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
+    fault_reply_accepted(ex, fault, msg_resource(app, sid, &form, segments));
 out:
-    msg_form_cleanup(&form);
+    form_cleanup(&form);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * POST /2010-04-01/Accounts/{sid}/Calls.json
+ * ------------------------------------------------------------------------------------------ */
+
+enum call_field {
+    CALL_TO = 0,
+    CALL_FROM,
+    CALL_URL,
+    CALL_TWIML,
+    CALL_APPLICATION,
+    CALL_STATUS_CALLBACK,
+    CALL_STATUS_CALLBACK_EVENT,
+    CALL_TIMEOUT,
+    CALL_MACHINE_DETECTION,
+    CALL_ASYNC_AMD,
+    CALL_NFIELDS,
+};
+
+static const char *const call_field_names[CALL_NFIELDS] = {
+    [CALL_TO] = "To",
+    [CALL_FROM] = "From",
+    [CALL_URL] = "Url",
+    [CALL_TWIML] = "Twiml",
+    [CALL_APPLICATION] = "ApplicationSid",
+    [CALL_STATUS_CALLBACK] = "StatusCallback",
+    [CALL_STATUS_CALLBACK_EVENT] = "StatusCallbackEvent",
+    [CALL_TIMEOUT] = "Timeout",
+    [CALL_MACHINE_DETECTION] = "MachineDetection",
+    [CALL_ASYNC_AMD] = "AsyncAmd",
+};
+
+static const struct form_spec call_form_spec = {call_field_names, CALL_NFIELDS,
+                                                1u << CALL_STATUS_CALLBACK_EVENT};
+
+/* Each space-separated word of events is a call progress event. */
+static bool call_events_valid(const char *events)
+{
+    static const char *const known[] = {"initiated", "ringing", "answered", "completed"};
+    const char *p = events;
+    while (*p) {
+        size_t n = strcspn(p, " ");
+        bool ok = n == 0;
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]) && !ok; i++)
+            ok = strlen(known[i]) == n && strncasecmp(known[i], p, n) == 0;
+        if (!ok)
+            return false;
+        p += n;
+        p += strspn(p, " ");
+    }
+    return true;
+}
+
+static bool is_one_of_nocase(const char *s, const char *a, const char *b)
+{
+    return strcasecmp(s, a) == 0 || strcasecmp(s, b) == 0;
+}
+
+/* Sends the Twilio validation error and returns false if the call cannot be placed. */
+static bool call_validate_or_reply(struct exchange *ex, const struct form *f)
+{
+    const char *const *v = (const char *const *)f->value;
+    if (!v[CALL_TO]) {
+        reply_twilio_error(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_TO_REQUIRED,
+                           "No 'To' number is specified");
+        return false;
+    }
+    if (!is_e164(v[CALL_TO], f->len[CALL_TO])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_INVALID_TO,
+                            "The phone number you are attempting to call, %s, is not valid.",
+                            v[CALL_TO]);
+        return false;
+    }
+    if (!v[CALL_FROM]) {
+        reply_twilio_error(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_FROM_REQUIRED,
+                           "No 'From' number is specified");
+        return false;
+    }
+    if (!is_e164(v[CALL_FROM], f->len[CALL_FROM])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_FROM_INVALID,
+                            "The phone number you are attempting to call from, %s, is not valid.",
+                            v[CALL_FROM]);
+        return false;
+    }
+    if (!v[CALL_URL] && !v[CALL_TWIML] && !v[CALL_APPLICATION]) {
+        reply_twilio_error(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_URL_INVALID,
+                           "Url parameter is required. Please provide a Url, Twiml or "
+                           "ApplicationSid.");
+        return false;
+    }
+    if (v[CALL_URL] && !is_http_url(v[CALL_URL])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_URL_INVALID,
+                            "Url is not a valid URL: %s", v[CALL_URL]);
+        return false;
+    }
+    if (v[CALL_TWIML] && utf8_count(v[CALL_TWIML], f->len[CALL_TWIML]) > TW_TWIML_MAX_CHARS) {
+        reply_twilio_error(ex, FAKE_HTTP_BAD_REQUEST, TW_TWIML_TOO_LONG,
+                           "Twiml size exceeded maximum allowed value of 4000 characters");
+        return false;
+    }
+    if (v[CALL_STATUS_CALLBACK] && !is_http_url(v[CALL_STATUS_CALLBACK])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_STATUS_CALLBACK_INVALID,
+                            "The StatusCallback URL %s is not a valid URL.",
+                            v[CALL_STATUS_CALLBACK]);
+        return false;
+    }
+    if (v[CALL_STATUS_CALLBACK_EVENT] && !call_events_valid(v[CALL_STATUS_CALLBACK_EVENT])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_STATUS_CALLBACK_EVENT_INVALID,
+                            "One or more of the StatusCallbackEvents provided were invalid: %s",
+                            v[CALL_STATUS_CALLBACK_EVENT]);
+        return false;
+    }
+    if (v[CALL_TIMEOUT] && !is_positive_int(v[CALL_TIMEOUT])) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_TIMEOUT_INVALID,
+                            "Timeout must be a positive integer: %s", v[CALL_TIMEOUT]);
+        return false;
+    }
+    if (v[CALL_MACHINE_DETECTION] &&
+        !is_one_of_nocase(v[CALL_MACHINE_DETECTION], "Enable", "DetectMessageEnd")) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_AMD_INVALID,
+                            "MachineDetection must be Enable or DetectMessageEnd: %s",
+                            v[CALL_MACHINE_DETECTION]);
+        return false;
+    }
+    if (v[CALL_ASYNC_AMD] && !is_one_of_nocase(v[CALL_ASYNC_AMD], "true", "false")) {
+        reply_twilio_errorf(ex, FAKE_HTTP_BAD_REQUEST, TW_CALL_AMD_INVALID,
+                            "AsyncAmd must be true or false: %s", v[CALL_ASYNC_AMD]);
+        return false;
+    }
+    return true;
+}
+
+/* Counts the accepted call; its pair is (To, Url), or (To, Twiml) or (To, ApplicationSid)
+ * without a Url, tagged so that the three never collide. */
+static void call_count_accepted(struct app *app, const struct form *f)
+{
+    int field = f->value[CALL_URL]     ? CALL_URL
+                : f->value[CALL_TWIML] ? CALL_TWIML
+                                       : CALL_APPLICATION;
+    size_t il = f->len[field];
+    char *rest = xmalloc(il + 1);
+    rest[0] = field == CALL_URL ? 'U' : field == CALL_TWIML ? 'T' : 'A';
+    memcpy(rest + 1, f->value[field], il);
+    count_accepted(&app->call_pairs, &app->call_recipients, &app->stats.calls_accepted,
+                   &app->stats.call_duplicates, f->value[CALL_TO], f->len[CALL_TO], rest, il + 1);
+    free(rest);
+}
+
+static void call_record(struct app *app, const char *sid, const struct form *f, bool reply_lost)
+{
+    static const struct {
+        enum call_field field;
+        const char *key;
+    } optional[] = {
+        {CALL_APPLICATION, "application_sid"},
+        {CALL_STATUS_CALLBACK, "status_callback"},
+        {CALL_STATUS_CALLBACK_EVENT, "status_callback_event"},
+        {CALL_TIMEOUT, "timeout"},
+        {CALL_MACHINE_DETECTION, "machine_detection"},
+        {CALL_ASYNC_AMD, "async_amd"},
+    };
+    if (!app->record || app->record_failed)
+        return;
+    cJSON *line = cJSON_CreateObject();
+    cJSON_AddStringToObject(line, "kind", "call");
+    cJSON_AddStringToObject(line, "sid", sid);
+    cJSON_AddStringToObject(line, "to", f->value[CALL_TO]);
+    cJSON_AddStringToObject(line, "from", f->value[CALL_FROM]);
+    add_string_or_null(line, "url", f->value[CALL_URL]);
+    add_string_or_null(line, "twiml", f->value[CALL_TWIML]);
+    for (size_t i = 0; i < sizeof(optional) / sizeof(optional[0]); i++)
+        if (f->value[optional[i].field])
+            cJSON_AddStringToObject(line, optional[i].key, f->value[optional[i].field]);
+    record_write(app, line, reply_lost);
+}
+
+static cJSON *call_resource(struct app *app, const char *sid, const struct form *f)
+{
+    static const char *const subresources[] = {"events", "notifications", "recordings", "streams"};
+    const char *acct = app->cfg->account_sid;
+    char date[64], uri[256];
+    format_date(date, sizeof(date));
+    snprintf(uri, sizeof(uri), TW_ACCOUNTS_PREFIX "%s/Calls/%s.json", acct, sid);
+
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "account_sid", acct);
+    cJSON_AddNullToObject(o, "annotation");
+    cJSON_AddNullToObject(o, "answered_by");
+    cJSON_AddStringToObject(o, "api_version", "2010-04-01");
+    cJSON_AddNullToObject(o, "caller_name");
+    cJSON_AddStringToObject(o, "date_created", date);
+    cJSON_AddStringToObject(o, "date_updated", date);
+    cJSON_AddStringToObject(o, "direction", "outbound-api");
+    cJSON_AddNullToObject(o, "duration");
+    cJSON_AddNullToObject(o, "end_time");
+    cJSON_AddNullToObject(o, "forwarded_from");
+    cJSON_AddStringToObject(o, "from", f->value[CALL_FROM]);
+    cJSON_AddStringToObject(o, "from_formatted", f->value[CALL_FROM]);
+    cJSON_AddNullToObject(o, "group_sid");
+    cJSON_AddNullToObject(o, "parent_call_sid");
+    cJSON_AddNullToObject(o, "phone_number_sid");
+    cJSON_AddNullToObject(o, "price");
+    cJSON_AddStringToObject(o, "price_unit", "USD");
+    cJSON_AddStringToObject(o, "queue_time", "0");
+    cJSON_AddStringToObject(o, "sid", sid);
+    cJSON_AddNullToObject(o, "start_time");
+    cJSON_AddStringToObject(o, "status", "queued");
+    cJSON *sub = cJSON_AddObjectToObject(o, "subresource_uris");
+    for (size_t i = 0; i < sizeof(subresources) / sizeof(subresources[0]); i++) {
+        char path[320];
+        snprintf(path, sizeof(path), TW_ACCOUNTS_PREFIX "%s/Calls/%s/%c%s.json", acct, sid,
+                 subresources[i][0] - 'a' + 'A', subresources[i] + 1);
+        cJSON_AddStringToObject(sub, subresources[i], path);
+    }
+    cJSON_AddStringToObject(o, "to", f->value[CALL_TO]);
+    cJSON_AddStringToObject(o, "to_formatted", f->value[CALL_TO]);
+    cJSON_AddNullToObject(o, "trunk_sid");
+    cJSON_AddStringToObject(o, "uri", uri);
+    return o;
+}
+
+static void calls_create(struct exchange *ex)
+{
+    struct app *app = ex->app;
+    enum fault_action fault = fault_plan_decide(app);
+    if (!fault_pass_or_reply(ex, fault))
+        return;
+
+    struct form form;
+    form_parse_request(&form, &call_form_spec, ex->req);
+    if (!call_validate_or_reply(ex, &form))
+        goto out;
+
+    char sid[35];
+    make_id(app, "CA", ++app->sid_counter, sid);
+    call_count_accepted(app, &form);
+    call_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
+    fault_reply_accepted(ex, fault, call_resource(app, sid, &form));
+out:
+    form_cleanup(&form);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -779,14 +1602,20 @@ static void record_flush(struct app *app)
 
 static void fake_stats(struct exchange *ex)
 {
-    const struct fake_stats *s = &ex->app->stats;
-    char text[256];
+    const struct app *app = ex->app;
+    const struct fake_stats *s = &app->stats;
+    char text[1024];
     record_flush(ex->app);
-    int n =
-        snprintf(text, sizeof(text),
-                 "{\"accepted\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"requests\":%" PRIu64
-                 ",\"rejected\":%" PRIu64 ",\"unique_recipients\":%zu}",
-                 s->accepted, s->duplicates, s->requests, s->rejected, ex->app->recipients.count);
+    int n = snprintf(
+        text, sizeof(text),
+        "{\"accepted\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"requests\":%" PRIu64
+        ",\"rejected\":%" PRIu64 ",\"unique_recipients\":%zu,\"calls_accepted\":%" PRIu64
+        ",\"call_duplicates\":%" PRIu64 ",\"call_unique_recipients\":%zu,\"faults_500\":%" PRIu64
+        ",\"faults_429\":%" PRIu64 ",\"faults_timeout\":%" PRIu64
+        ",\"faults_accept_timeout\":%" PRIu64 ",\"held\":%zu}",
+        s->accepted, s->duplicates, s->requests, s->rejected, app->recipients.count,
+        s->calls_accepted, s->call_duplicates, app->call_recipients.count, s->faults_500,
+        s->faults_429, s->faults_timeout, s->faults_accept_timeout, app->held);
     reply_send(ex, FAKE_HTTP_OK, text, (size_t)n);
 }
 
@@ -794,10 +1623,12 @@ static void fake_reset(struct exchange *ex)
 {
     struct app *app = ex->app;
     memset(&app->stats, 0, sizeof(app->stats));
-    strset_cleanup(&app->pairs);
-    strset_cleanup(&app->recipients);
-    strset_init(&app->pairs);
-    strset_init(&app->recipients);
+    struct strset *sets[] = {&app->pairs, &app->recipients, &app->call_pairs,
+                             &app->call_recipients};
+    for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
+        strset_cleanup(sets[i]);
+        strset_init(sets[i]);
+    }
     if (app->record) {
         /* Appending stream: after the truncate, writes land at the new end (offset 0). */
         if (fflush(app->record) != 0 || ftruncate(fileno(app->record), 0) != 0)
@@ -807,6 +1638,25 @@ static void fake_reset(struct exchange *ex)
     }
     static const char ok[] = "{\"reset\":true}";
     reply_send(ex, FAKE_HTTP_OK, ok, sizeof(ok) - 1);
+}
+
+static void fake_config_get(struct exchange *ex)
+{
+    reply_cjson(ex, FAKE_HTTP_OK, fault_config_json(&ex->app->faults));
+}
+
+static void fake_config_set(struct exchange *ex)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(ex->req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    char *err = fault_config_apply_json(ex->app, body, n);
+    if (err) {
+        reply_control_error(ex, err);
+        free(err);
+        return;
+    }
+    fake_config_get(ex);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -819,10 +1669,16 @@ static enum route route_of(const struct app *app, enum evhttp_cmd_type method, c
         return method == EVHTTP_REQ_GET ? ROUTE_FAKE_STATS : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/reset") == 0)
         return method == EVHTTP_REQ_POST ? ROUTE_FAKE_RESET : ROUTE_NOT_FOUND;
+    if (strcmp(path, "/_fake/config") == 0)
+        return method == EVHTTP_REQ_GET    ? ROUTE_FAKE_CONFIG_GET
+               : method == EVHTTP_REQ_POST ? ROUTE_FAKE_CONFIG_SET
+                                           : ROUTE_NOT_FOUND;
     if (strncmp(path, TW_API_PREFIX, strlen(TW_API_PREFIX)) != 0)
         return ROUTE_NOT_FOUND;
     if (method == EVHTTP_REQ_POST && strcmp(path, app->messages_path) == 0)
         return ROUTE_MESSAGES_CREATE;
+    if (method == EVHTTP_REQ_POST && strcmp(path, app->calls_path) == 0)
+        return ROUTE_CALLS_CREATE;
     return ROUTE_API_OTHER;
 }
 
@@ -859,12 +1715,14 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     struct exchange ex = {.app = app, .req = req, .path = path ? path : ""};
     ex.route = route_of(app, evhttp_request_get_command(req), ex.path);
-    ex.counted = ex.route != ROUTE_FAKE_STATS && ex.route != ROUTE_FAKE_RESET;
+    ex.counted = ex.route != ROUTE_FAKE_STATS && ex.route != ROUTE_FAKE_RESET &&
+                 ex.route != ROUTE_FAKE_CONFIG_GET && ex.route != ROUTE_FAKE_CONFIG_SET;
     if (ex.counted)
         app->stats.requests++;
 
     switch (ex.route) {
     case ROUTE_MESSAGES_CREATE:
+    case ROUTE_CALLS_CREATE:
     case ROUTE_API_OTHER:
         if (!auth_ok(app, req, ex.path)) {
             reply_twilio_error(&ex, FAKE_HTTP_UNAUTHORIZED, TW_AUTHENTICATE, "Authenticate");
@@ -872,6 +1730,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         }
         if (ex.route == ROUTE_MESSAGES_CREATE)
             messages_create(&ex);
+        else if (ex.route == ROUTE_CALLS_CREATE)
+            calls_create(&ex);
         else
             reply_not_found(&ex);
         return;
@@ -880,6 +1740,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     case ROUTE_FAKE_RESET:
         fake_reset(&ex);
+        return;
+    case ROUTE_FAKE_CONFIG_GET:
+        fake_config_get(&ex);
+        return;
+    case ROUTE_FAKE_CONFIG_SET:
+        fake_config_set(&ex);
         return;
     case ROUTE_NOT_FOUND:
         reply_not_found(&ex);
@@ -895,15 +1761,46 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: fake-twilio --port N [--host 127.0.0.1|::1|localhost]\n"
                "                   [--account-sid AC...] [--auth-token TOKEN]\n"
-               "                   [--record FILE] [--port-file FILE]\n"
+               "                   [--record FILE] [--port-file FILE] [FAULT OPTIONS]\n"
                "  --port 0 picks a free port; it is written to --port-file and printed as\n"
-               "  'listening HOST:PORT' on stdout.\n");
+               "  'listening HOST:PORT' on stdout, followed by 'fault seed N'.\n"
+               "Fault options (also POST /_fake/config {\"key\": value, ...}):\n");
+    for (size_t i = 0; i < FAULT_NKNOBS; i++) {
+        const struct knob *k = &fault_knobs[i];
+        fprintf(f, "  --%-16s %-4s %s\n", k->opt, k->type == KNOB_FRACTION ? "0..1" : "N", k->help);
+    }
+}
+
+/* Parses and sets the knob of a fault option. Returns 0 or 2 (message on stderr). */
+static int parse_knob_arg(struct fault_config *fc, const struct knob *k, const char *arg)
+{
+    char *end;
+    double v;
+    errno = 0;
+    if (k->type == KNOB_FRACTION) {
+        v = strtod(arg, &end);
+    } else {
+        long long i = strtoll(arg, &end, 10);
+        v = (double)i;
+    }
+    char *err = NULL;
+    if (errno || end == arg || *end)
+        err = xasprintf("%s: not a number: %s", k->key, arg);
+    else
+        err = knob_set(fc, k, v);
+    if (err) {
+        fprintf(stderr, "fake-twilio: --%s: %s\n", k->opt, err);
+        free(err);
+        return 2;
+    }
+    return 0;
 }
 
 /* Returns 0 on success, 2 (usage error) otherwise; messages go to stderr. */
-static int parse_args(int argc, char **argv, struct fake_config *cfg)
+static int parse_args(int argc, char **argv, struct fake_config *cfg, struct fault_config *fc)
 {
-    static const struct option opts[] = {
+    enum { OPT_KNOB = 256 };
+    static const struct option base_opts[] = {
         {"port", required_argument, NULL, 'p'},
         {"host", required_argument, NULL, 'H'},
         {"account-sid", required_argument, NULL, 'a'},
@@ -911,16 +1808,29 @@ static int parse_args(int argc, char **argv, struct fake_config *cfg)
         {"record", required_argument, NULL, 'r'},
         {"port-file", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
     };
+    size_t nbase = sizeof(base_opts) / sizeof(base_opts[0]);
+    struct option opts[sizeof(base_opts) / sizeof(base_opts[0]) + FAULT_NKNOBS + 1];
+    memcpy(opts, base_opts, sizeof(base_opts));
+    for (size_t i = 0; i < FAULT_NKNOBS; i++)
+        opts[nbase + i] =
+            (struct option){fault_knobs[i].opt, required_argument, NULL, OPT_KNOB + (int)i};
+    opts[nbase + FAULT_NKNOBS] = (struct option){NULL, 0, NULL, 0};
+
     *cfg = (struct fake_config){.host = "127.0.0.1",
                                 .port = -1,
                                 .account_sid = DEFAULT_ACCOUNT_SID,
                                 .auth_token = DEFAULT_AUTH_TOKEN};
+    fault_config_defaults(fc);
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end;
         long v;
+        if (c >= OPT_KNOB && c < OPT_KNOB + (int)FAULT_NKNOBS) {
+            if (parse_knob_arg(fc, &fault_knobs[c - OPT_KNOB], optarg) != 0)
+                return 2;
+            continue;
+        }
         switch (c) {
         case 'p':
             errno = 0;
@@ -969,6 +1879,12 @@ static int parse_args(int argc, char **argv, struct fake_config *cfg)
     }
     if (!cfg->account_sid[0] || strpbrk(cfg->account_sid, "/.?#%: ")) {
         fprintf(stderr, "fake-twilio: invalid --account-sid\n");
+        return 2;
+    }
+    char *err = fault_config_check(fc);
+    if (err) {
+        fprintf(stderr, "fake-twilio: %s\n", err);
+        free(err);
         return 2;
     }
     return 0;
@@ -1030,7 +1946,8 @@ static void seed_ids(struct app *app)
 int main(int argc, char **argv)
 {
     struct fake_config cfg;
-    int rc = parse_args(argc, argv, &cfg);
+    struct fault_config faults;
+    int rc = parse_args(argc, argv, &cfg, &faults);
     if (rc != 0)
         return rc;
     rc = 1;
@@ -1041,11 +1958,15 @@ int main(int argc, char **argv)
     int port;
     signal(SIGPIPE, SIG_IGN);
     seed_ids(&app);
+    fault_config_commit(&app, &faults, true);
     strset_init(&app.pairs);
     strset_init(&app.recipients);
+    strset_init(&app.call_pairs);
+    strset_init(&app.call_recipients);
     app.credentials = xasprintf("%s:%s", cfg.account_sid, cfg.auth_token);
     app.credentials_len = strlen(app.credentials);
     app.messages_path = xasprintf(TW_ACCOUNTS_PREFIX "%s/" TW_MESSAGES_LEAF, cfg.account_sid);
+    app.calls_path = xasprintf(TW_ACCOUNTS_PREFIX "%s/" TW_CALLS_LEAF, cfg.account_sid);
 
     if (cfg.record_path) {
         app.record = fopen(cfg.record_path, "a");
@@ -1063,6 +1984,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fake-twilio: libevent initialisation failed\n");
         goto out;
     }
+    app.early_close = (event_base_get_features(app.base) & EV_FEATURE_EARLY_CLOSE) != 0;
     evhttp_set_allowed_methods(app.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
@@ -1091,6 +2013,7 @@ int main(int argc, char **argv)
         printf("listening [%s]:%d\n", cfg.host, port);
     else
         printf("listening %s:%d\n", cfg.host, port);
+    printf("fault seed %lld\n", faults.seed);
     fflush(stdout);
 
     if (event_base_dispatch(app.base) < 0) {
@@ -1110,6 +2033,7 @@ out:
         event_free(sigterm);
     if (sigint)
         event_free(sigint);
+    holds_cleanup(&app);
     if (app.http)
         evhttp_free(app.http);
     if (app.out)
@@ -1118,7 +2042,10 @@ out:
         event_base_free(app.base);
     strset_cleanup(&app.pairs);
     strset_cleanup(&app.recipients);
+    strset_cleanup(&app.call_pairs);
+    strset_cleanup(&app.call_recipients);
     free(app.credentials);
     free(app.messages_path);
+    free(app.calls_path);
     return rc;
 }
