@@ -120,7 +120,7 @@ static const char sql_action[] =
     " FROM cur";
 
 /* Channels the workers of this version can send. */
-#define SENDABLE_CHANNELS "{sms}"
+#define SENDABLE_CHANNELS "{sms,voice}"
 
 static const char sql_stats[] =
     "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
@@ -821,7 +821,8 @@ static void action_done(void *arg, PGresult *res, const char *errmsg, const char
         (!strcmp(before, "draft") || !strcmp(before, "scheduled"))) {
         cJSON_Delete(campaign);
         char msg[128];
-        snprintf(msg, sizeof(msg), "this version cannot send %s yet; only sms campaigns launch",
+        snprintf(msg, sizeof(msg),
+                 "this version cannot send %s yet; only sms and voice campaigns launch",
                  PQgetvalue(res, 0, 4));
         http_reply_error(r, 422, "channel_unavailable", msg, "channel");
         return;

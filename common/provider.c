@@ -66,6 +66,28 @@ enum cr_err twilio_sms_form(struct buf *out, const char *to, const char *from, c
     return e;
 }
 
+enum cr_err twilio_call_form(struct buf *out, const char *to, const char *from, const char *url,
+                             const char *status_callback, const char *machine_detection)
+{
+    enum cr_err e = form_add(out, "To", to);
+    if (!e)
+        e = form_add(out, "From", from);
+    if (!e)
+        e = form_add(out, "Url", url);
+    if (!e && status_callback) {
+        e = form_add(out, "StatusCallback", status_callback);
+        static const char *const events[] = {"initiated", "ringing", "answered", "completed"};
+        for (size_t i = 0; i < sizeof(events) / sizeof(events[0]) && !e; i++)
+            e = form_add(out, "StatusCallbackEvent", events[i]);
+    }
+    if (!e && machine_detection) {
+        e = form_add(out, "MachineDetection", machine_detection);
+        if (!e)
+            e = form_add(out, "AsyncAmd", "true");
+    }
+    return e;
+}
+
 static void set_text(char *dst, size_t n, const char *s)
 {
     snprintf(dst, n, "%s", s ? s : "");

@@ -46,6 +46,15 @@ enum cr_err form_add(struct buf *out, const char *name, const char *value) CR_MU
 enum cr_err twilio_sms_form(struct buf *out, const char *to, const char *from, const char *body,
                             const char *status_callback) CR_MUST_CHECK;
 
+/* Builds the form body of POST /2010-04-01/Accounts/{sid}/Calls.json: the
+ * call fetches its TwiML from url; status_callback gets every progress event
+ * (initiated, ringing, answered, completed). machine_detection is NULL,
+ * "Enable" or "DetectMessageEnd" (answering-machine detection, run
+ * asynchronously so the call is not held up). */
+enum cr_err twilio_call_form(struct buf *out, const char *to, const char *from, const char *url,
+                             const char *status_callback,
+                             const char *machine_detection) CR_MUST_CHECK;
+
 /* Classifies Twilio's HTTP answer. retry_after_s is the parsed Retry-After
  * header (0 if absent). */
 void twilio_classify(long http_status, const char *body, size_t len, long retry_after_s,

@@ -13,10 +13,11 @@
 #include "err.h"
 
 #define RQ_KEY_MAX 128
+#define RQ_NCHANNELS 3 /* sms, email, voice: enum seg_channel */
 
 struct rq_keys {
     char actions[RQ_KEY_MAX];
-    char jobs[3][RQ_KEY_MAX]; /* indexed by enum seg_channel: sms, email, voice */
+    char jobs[RQ_NCHANNELS][RQ_KEY_MAX]; /* indexed by enum seg_channel: sms, email, voice */
     char inbound[RQ_KEY_MAX];
     char dlq[RQ_KEY_MAX];
     char delayed[RQ_KEY_MAX];

@@ -68,8 +68,9 @@ static const char sql_claim[] =
     "    || g2.rate AS member)"
     " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
-    "  p.credentials, c.sms_opt_out, cl.campaign_id, cl.customer_id, k.variants::text,"
-    "  's', NULL::bigint, NULL::text, p.rate_per_second"
+    "  p.credentials, " GATE_OPTED_OUT("k.channel") ", cl.campaign_id, cl.customer_id,"
+    "  k.variants::text, 's', NULL::bigint, NULL::text, p.rate_per_second, k.channel,"
+    "  k.agent_config->>'machine_detection'"
     " FROM claimed cl"
     " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
@@ -78,7 +79,7 @@ static const char sql_claim[] =
     " UNION ALL"
     " SELECT df.id, df.tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
     "  NULL, NULL, NULL, NULL, NULL, NULL, 'd', (extract(epoch FROM df.due) * 1000)::bigint,"
-    "  df.member, NULL::int"
+    "  df.member, NULL::int, NULL, NULL"
     " FROM deferred df";
 /* clang-format on */
 
@@ -200,11 +201,17 @@ static void group_created(redisAsyncContext *ac, void *reply, void *priv)
         log_error("XGROUP CREATE: %s", r->str);
 }
 
+static void create_groups(struct worker *w)
+{
+    for (int ch = 0; ch < RQ_NCHANNELS; ch++)
+        redisAsyncCommand(w->wr, group_created, NULL, "XGROUP CREATE %s workers $ MKSTREAM",
+                          w->keys.jobs[ch]);
+}
+
 void jobs_connect_redis(struct worker *w)
 {
     if (!w->wr && (w->wr = connect_one(w)))
-        redisAsyncCommand(w->wr, group_created, NULL, "XGROUP CREATE %s workers $ MKSTREAM",
-                          w->keys.jobs[0]);
+        create_groups(w);
     if (!w->rd)
         w->rd = connect_one(w);
 }
@@ -220,13 +227,13 @@ struct entry {
     bool claimed;
 };
 
-static void ack_ids(struct worker *w, char **ids, int n)
+static void ack_ids(struct worker *w, int ch, char **ids, int n)
 {
     if (n == 0 || !w->wr)
         return;
     const char **argv = xcalloc((size_t)n + 3, sizeof(char *));
     argv[0] = "XACK";
-    argv[1] = w->keys.jobs[0];
+    argv[1] = w->keys.jobs[ch];
     argv[2] = "workers";
     for (int i = 0; i < n; i++)
         argv[3 + i] = ids[i];
@@ -247,6 +254,7 @@ static const char *field_value(redisReply *fields, const char *name)
 /* A batch of stream entries on its way through the claim. */
 struct claim {
     struct worker *w;
+    int ch; /* the stream the entries came from */
     int n;
     struct entry *e;
     struct pgarr ids, tenants;
@@ -266,6 +274,7 @@ static void claim_free(struct claim *c)
  * pending and a reclaim defers it again). */
 struct deferral {
     struct worker *w;
+    int ch;
     char stream_id[32];
 };
 
@@ -276,7 +285,7 @@ static void deferred_done(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     if (r && r->type == REDIS_REPLY_INTEGER) {
         char *id = df->stream_id;
-        ack_ids(df->w, &id, 1);
+        ack_ids(df->w, df->ch, &id, 1);
     } else {
         log_warn("ZADD of a deferred job failed (%s); it stays pending",
                  r && r->type == REDIS_REPLY_ERROR ? r->str : "disconnected");
@@ -284,12 +293,13 @@ static void deferred_done(redisAsyncContext *ac, void *reply, void *priv)
     free(df);
 }
 
-static void defer_entry(struct worker *w, PGresult *res, int row, const char *stream_id)
+static void defer_entry(struct worker *w, int ch, PGresult *res, int row, const char *stream_id)
 {
     if (!w->wr)
         return; /* stays pending: reclaimed and deferred again */
     struct deferral *df = xcalloc(1, sizeof(*df));
     df->w = w;
+    df->ch = ch;
     snprintf(df->stream_id, sizeof(df->stream_id), "%s", stream_id);
     if (redisAsyncCommand(w->wr, deferred_done, df, "ZADD %s %s %s", w->keys.delayed,
                           PQgetvalue(res, row, CLAIM_COL_DUE),
@@ -317,9 +327,9 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
             if (c->e[i].delivery_id == id && !c->e[i].claimed) {
                 c->e[i].claimed = true;
                 if (defer)
-                    defer_entry(w, res, r, c->e[i].stream_id);
+                    defer_entry(w, c->ch, res, r, c->e[i].stream_id);
                 else
-                    send_start(w, res, r, c->e[i].stream_id);
+                    send_start(w, res, r, c->ch, c->e[i].stream_id);
                 break;
             }
         }
@@ -335,7 +345,7 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
     for (int i = 0; i < c->n; i++)
         if (!c->e[i].claimed && c->e[i].stream_id[0])
             unclaimed[nu++] = c->e[i].stream_id;
-    ack_ids(w, unclaimed, nu);
+    ack_ids(w, c->ch, unclaimed, nu);
     free(unclaimed);
     claim_free(c);
     jobs_maybe_read(w);
@@ -362,13 +372,14 @@ static void orphans_done(void *arg, PGresult *res, const char *errmsg, const cha
 }
 
 /* Claims the entries and starts their sends; acks what is not ours. */
-static void process_entries(struct worker *w, redisReply *entries, bool reclaimed)
+static void process_entries(struct worker *w, int ch, redisReply *entries, bool reclaimed)
 {
     int n = (int)entries->elements;
     if (n == 0)
         return;
     struct claim *c = xcalloc(1, sizeof(*c));
     c->w = w;
+    c->ch = ch;
     c->n = n;
     c->e = xcalloc((size_t)n, sizeof(*c->e));
     pgarr_init(&c->ids, (size_t)n * 24 + 8);
@@ -399,7 +410,7 @@ static void process_entries(struct worker *w, redisReply *entries, bool reclaime
             pgarr_add_int(&c->tenants, e->tenant_id) == CR_OK)
             valid++;
     }
-    ack_ids(w, bad, nbad);
+    ack_ids(w, ch, bad, nbad);
     free(bad);
     if (valid == 0) {
         claim_free(c);
@@ -427,10 +438,18 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     if (r->type == REDIS_REPLY_ERROR) {
         log_warn("XREADGROUP: %s", r->str);
         if (strncmp(r->str, "NOGROUP", 7) == 0 && w->wr)
-            redisAsyncCommand(w->wr, group_created, NULL, "XGROUP CREATE %s workers $ MKSTREAM",
-                              w->keys.jobs[0]);
-    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
-        process_entries(w, r->element[0]->element[1], false);
+            create_groups(w);
+    } else if (r->type == REDIS_REPLY_ARRAY) {
+        /* One [stream, entries] pair per stream that had some. */
+        for (size_t k = 0; k < r->elements; k++) {
+            redisReply *s = r->element[k];
+            if (s->type != REDIS_REPLY_ARRAY || s->elements != 2 ||
+                s->element[0]->type != REDIS_REPLY_STRING)
+                continue;
+            for (int ch = 0; ch < RQ_NCHANNELS; ch++)
+                if (strcmp(s->element[0]->str, w->keys.jobs[ch]) == 0)
+                    process_entries(w, ch, s->element[1], false);
+        }
     }
     jobs_flush(w);
     jobs_maybe_read(w);
@@ -438,15 +457,16 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
 
 static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
 {
-    struct worker *w = priv;
+    struct reclaim *rc = priv;
     redisReply *r = reply;
     (void)ac;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
         r->element[1]->type != REDIS_REPLY_ARRAY)
         return;
     if (r->element[1]->elements > 0) {
-        log_info("reclaimed %zu idle jobs", r->element[1]->elements);
-        process_entries(w, r->element[1], true);
+        log_info("reclaimed %zu idle jobs from %s", r->element[1]->elements,
+                 rc->w->keys.jobs[rc->ch]);
+        process_entries(rc->w, rc->ch, r->element[1], true);
     }
 }
 
@@ -456,8 +476,13 @@ void jobs_reclaim(struct worker *w)
         return;
     if (!w->wr || !w->wr_ready || w->stopping)
         return;
-    redisAsyncCommand(w->wr, on_reclaim, w, "XAUTOCLAIM %s workers %s %d 0-0 COUNT %ld",
-                      w->keys.jobs[0], w->consumer, ORPHAN_AGE_S * 1000, w->cfg->batch);
+    for (int ch = 0; ch < RQ_NCHANNELS; ch++) {
+        w->reclaims[ch].w = w;
+        w->reclaims[ch].ch = ch;
+        redisAsyncCommand(w->wr, on_reclaim, &w->reclaims[ch],
+                          "XAUTOCLAIM %s workers %s %d 0-0 COUNT %ld", w->keys.jobs[ch],
+                          w->consumer, ORPHAN_AGE_S * 1000, w->cfg->batch);
+    }
 }
 
 void jobs_maybe_read(struct worker *w)
@@ -475,8 +500,8 @@ void jobs_maybe_read(struct worker *w)
     w->reading = true;
     redisAsyncCommand(w->rd, on_read, w,
                       "XREADGROUP GROUP workers %s COUNT %ld BLOCK 1000 "
-                      "STREAMS %s >",
-                      w->consumer, count, w->keys.jobs[0]);
+                      "STREAMS %s %s %s > > >",
+                      w->consumer, count, w->keys.jobs[0], w->keys.jobs[1], w->keys.jobs[2]);
 }
 
 /* ---------------------------------------------------------------------
@@ -560,12 +585,16 @@ static void write_done(void *arg, PGresult *res, const char *errmsg, const char 
         redisAsyncCommand(w->wr, NULL, NULL, "ZADD %s %s %s", w->keys.delayed,
                           PQgetvalue(res, r, 0), PQgetvalue(res, r, 1));
     char **ids = xcalloc((size_t)wr->n, sizeof(char *));
-    for (int i = 0; i < wr->n; i++) {
-        ids[i] = wr->o[i].stream_id;
+    for (int ch = 0; ch < RQ_NCHANNELS; ch++) {
+        int k = 0;
+        for (int i = 0; i < wr->n; i++)
+            if (wr->o[i].ch == ch)
+                ids[k++] = wr->o[i].stream_id;
+        ack_ids(w, ch, ids, k);
+    }
+    for (int i = 0; i < wr->n; i++)
         if (wr->o[i].res.outcome == SEND_OK)
             w->sent_total++;
-    }
-    ack_ids(w, ids, wr->n);
     free(ids);
     for (int i = 0; i < wr->n; i++)
         free(wr->o[i].body);

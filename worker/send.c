@@ -38,6 +38,8 @@ enum claim_col {
     COL_CUSTOMER,
     COL_VARIANTS,
     COL_ACCOUNT_RATE = 21, /* after jobs.c's kind, due and member */
+    COL_CHANNEL,           /* the campaign's channel */
+    COL_AMD,               /* agent_config.machine_detection */
 };
 
 struct send {
@@ -230,14 +232,17 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
             free(a);
             return NULL;
         }
-        snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/Messages.json",
-                 w->cfg->twilio_base_url, sid->valuestring);
+        /* An account serves one channel: SMS (Messages) or voice (Calls). */
+        bool voice = strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0;
+        snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/%s.json",
+                 w->cfg->twilio_base_url, sid->valuestring, voice ? "Calls" : "Messages");
         snprintf(a->auth, sizeof(a->auth), "%s:%s", sid->valuestring, secret->valuestring);
         cJSON_Delete(creds);
         memset(plain, 0, plen);
         free(plain);
     } else {
-        snprintf(why, whysz, "provider kind %s cannot send sms", kind);
+        snprintf(why, whysz, "provider kind %s cannot send %s", kind,
+                 PQgetvalue(res, row, COL_CHANNEL));
         free(a);
         return NULL;
     }
@@ -600,10 +605,11 @@ static void rate_pause(struct worker *w, struct account *a, long retry_after_s)
     redisAsyncCommand(w->wr, NULL, NULL, "SET %s 1 PX %ld", pause, ms);
 }
 
-void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
+void send_start(struct worker *w, PGresult *res, int row, int ch, const char *stream_id)
 {
     struct outcome o;
     memset(&o, 0, sizeof(o));
+    o.ch = ch;
     o.delivery_id = strtoll(PQgetvalue(res, row, COL_ID), NULL, 10);
     o.tenant_id = strtoll(PQgetvalue(res, row, COL_TENANT), NULL, 10);
     o.attempts = (int)strtol(PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
@@ -627,19 +633,26 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
         skip_or_fail(w, &o, SEND_FAILED, "config", why);
         return;
     }
-    struct render_ctx rc = {res, row, NULL, ""};
-    struct buf body;
-    buf_init(&body, SEND_MAX_BODY);
-    char err[160];
-    enum cr_err e = tpl_render(pick_body(w, res, row, o.variant), render_lookup, &rc,
-                               TPL_ESCAPE_NONE, &body, err, sizeof(err));
-    cJSON_Delete(rc.attrs);
-    if (e != CR_OK) {
-        buf_cleanup(&body);
-        skip_or_fail(w, &o, SEND_FAILED, "template", err);
-        return;
+    /* A call has no body here: its script is served as TwiML when Twilio
+     * fetches the call's Url (the voice webhook). */
+    bool voice = strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0;
+    if (voice) {
+        o.body = xstrdup("");
+    } else {
+        struct render_ctx rc = {res, row, NULL, ""};
+        struct buf body;
+        buf_init(&body, SEND_MAX_BODY);
+        char err[160];
+        enum cr_err e = tpl_render(pick_body(w, res, row, o.variant), render_lookup, &rc,
+                                   TPL_ESCAPE_NONE, &body, err, sizeof(err));
+        cJSON_Delete(rc.attrs);
+        if (e != CR_OK) {
+            buf_cleanup(&body);
+            skip_or_fail(w, &o, SEND_FAILED, "template", err);
+            return;
+        }
+        o.body = buf_take(&body);
     }
-    o.body = buf_take(&body);
     const char *to = PQgetvalue(res, row, COL_PHONE);
 
     if (a->kind == ACCOUNT_SANDBOX) {
@@ -656,8 +669,20 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     char callback[512];
     snprintf(callback, sizeof(callback), "%s/v1/webhooks/%lld/twilio/status", w->cfg->public_url,
              o.tenant_id);
-    if (twilio_sms_form(&form, to, a->from, o.body, callback) != CR_OK ||
-        !(s->easy = curl_easy_init())) {
+    enum cr_err fe;
+    if (voice) {
+        char url[512];
+        snprintf(url, sizeof(url), "%s/v1/webhooks/%lld/twilio/voice?delivery=%lld",
+                 w->cfg->public_url, o.tenant_id, o.delivery_id);
+        const char *amd = PQgetisnull(res, row, COL_AMD) ? "" : PQgetvalue(res, row, COL_AMD);
+        fe = twilio_call_form(&form, to, a->from, url, callback,
+                              !strcmp(amd, "enable")               ? "Enable"
+                              : !strcmp(amd, "detect_message_end") ? "DetectMessageEnd"
+                                                                   : NULL);
+    } else {
+        fe = twilio_sms_form(&form, to, a->from, o.body, callback);
+    }
+    if (fe != CR_OK || !(s->easy = curl_easy_init())) {
         buf_cleanup(&form);
         s->o.body = NULL;
         skip_or_fail(w, &o, SEND_FAILED, "internal", "cannot build the request");
@@ -686,7 +711,7 @@ void send_start(struct worker *w, PGresult *res, int row, const char *stream_id)
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     s->account = a;
-    s->cost = sms_segments(o.body, strlen(o.body), NULL);
+    s->cost = voice ? 1 : sms_segments(o.body, strlen(o.body), NULL);
     if (s->cost == 0)
         s->cost = 1;
     w->inflight++; /* from here until its outcome, queued or in curl */

@@ -72,6 +72,7 @@ enum account_kind { ACCOUNT_SANDBOX = 0, ACCOUNT_TWILIO };
 
 /* One outcome waiting to be written. */
 struct outcome {
+    int ch; /* the job's stream (enum seg_channel) */
     long long delivery_id;
     long long tenant_id;
     int attempts;
@@ -111,6 +112,11 @@ struct worker {
     long long variants_campaign;
     cJSON *variants;
 
+    struct reclaim {
+        struct worker *w;
+        int ch;
+    } reclaims[RQ_NCHANNELS];
+
     struct outcome *outcomes; /* pending writes */
     int noutcomes, outcomes_cap;
     long long sent_total;
@@ -129,6 +135,6 @@ bool jobs_idle(const struct worker *w);
 bool send_init(struct worker *w);
 void send_cleanup(struct worker *w);
 /* Starts the send for one claimed row (columns of the claim query). */
-void send_start(struct worker *w, PGresult *res, int row, const char *stream_id);
+void send_start(struct worker *w, PGresult *res, int row, int ch, const char *stream_id);
 
 #endif

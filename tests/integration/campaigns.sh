@@ -42,7 +42,7 @@ check422 '{"name":"x","channel":"sms","variants":[{"name":"A","weight":1,"messag
 check422 '{"name":"x","channel":"sms","message":{"body":"Hi"},"colour":"red"}' colour "unknown field"
 before=$(t_psql "SELECT count(*) FROM campaigns")
 
-# Email and voice campaigns are valid documents (their sending comes later).
+# Email campaigns are valid documents (their sending comes later).
 t_ctl provider create "$T_TENANT" --channel email --kind sandbox --from news@example.com >/dev/null
 t_api POST /v1/campaigns '{"name":"e","channel":"email","message":{"subject":"Hi {{first_name}}","text":"Hello","html":"<p>Hello {{first_name}}</p>"}}'
 assert_eq "$T_STATUS" 201 "email campaign"

@@ -53,6 +53,24 @@ static void test_form_join(void)
     buf_cleanup(&b);
 }
 
+static void test_call_form(void)
+{
+    struct buf b;
+    buf_init(&b, 4096);
+    CHECK(twilio_call_form(&b, "+15551234567", "+15557654321",
+                           "https://crier.example/v1/webhooks/3/twilio/voice?delivery=42", NULL,
+                           NULL) == CR_OK);
+    CHECK_STR(buf_str(&b), "To=%2B15551234567&From=%2B15557654321&Url=https%3A%2F%2Fcrier.example"
+                           "%2Fv1%2Fwebhooks%2F3%2Ftwilio%2Fvoice%3Fdelivery%3D42");
+    buf_reset(&b);
+    CHECK(twilio_call_form(&b, "+1", "+2", "u", "s", "DetectMessageEnd") == CR_OK);
+    CHECK_STR(buf_str(&b), "To=%2B1&From=%2B2&Url=u&StatusCallback=s"
+                           "&StatusCallbackEvent=initiated&StatusCallbackEvent=ringing"
+                           "&StatusCallbackEvent=answered&StatusCallbackEvent=completed"
+                           "&MachineDetection=DetectMessageEnd&AsyncAmd=true");
+    buf_cleanup(&b);
+}
+
 static void test_sms_form(void)
 {
     struct buf b;
@@ -347,6 +365,7 @@ int main(void)
     RUN(test_form_escape);
     RUN(test_form_join);
     RUN(test_sms_form);
+    RUN(test_call_form);
     RUN(test_classify_ok);
     RUN(test_classify_unknown);
     RUN(test_classify_len);
