@@ -120,7 +120,7 @@ static const char sql_action[] =
     " FROM cur";
 
 /* Channels the workers of this version can send. */
-#define SENDABLE_CHANNELS "{sms,voice}"
+#define SENDABLE_CHANNELS "{sms,email,voice}"
 
 static const char sql_stats[] =
     "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"

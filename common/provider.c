@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xalloc.h"
+
 const char *send_outcome_status(enum send_outcome o)
 {
     switch (o) {
@@ -139,6 +141,96 @@ void twilio_classify(long http_status, const char *body, size_t len, long retry_
     if (!out->code[0] && out->outcome != SEND_OK)
         snprintf(out->code, sizeof(out->code), "http_%ld", http_status);
     cJSON_Delete(j);
+}
+
+char *sendgrid_mail_json(const char *to, const char *from, const char *from_name,
+                         const char *reply_to, const char *subject, const char *text,
+                         const char *html, const char *unsub_url, long long delivery_id,
+                         long long tenant_id)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *pers = cJSON_AddArrayToObject(root, "personalizations");
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddItemToArray(pers, p);
+    cJSON *tos = cJSON_AddArrayToObject(p, "to");
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "email", to);
+    cJSON_AddItemToArray(tos, t);
+    char num[24];
+    cJSON *args = cJSON_AddObjectToObject(p, "custom_args");
+    snprintf(num, sizeof(num), "%lld", delivery_id);
+    cJSON_AddStringToObject(args, "delivery_id", num);
+    snprintf(num, sizeof(num), "%lld", tenant_id);
+    cJSON_AddStringToObject(args, "tenant_id", num);
+    cJSON *f = cJSON_AddObjectToObject(root, "from");
+    cJSON_AddStringToObject(f, "email", from);
+    if (from_name && *from_name)
+        cJSON_AddStringToObject(f, "name", from_name);
+    if (reply_to && *reply_to)
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "reply_to"), "email", reply_to);
+    cJSON_AddStringToObject(root, "subject", subject);
+    cJSON *content = cJSON_AddArrayToObject(root, "content");
+    static const char *const types[] = {"text/plain", "text/html"};
+    const char *values[] = {text, html};
+    for (int i = 0; i < 2; i++) {
+        if (!values[i] || !*values[i])
+            continue;
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddStringToObject(c, "type", types[i]);
+        cJSON_AddStringToObject(c, "value", values[i]);
+        cJSON_AddItemToArray(content, c);
+    }
+    if (unsub_url) {
+        cJSON *h = cJSON_AddObjectToObject(root, "headers");
+        char *v = xasprintf("<%s>", unsub_url);
+        cJSON_AddStringToObject(h, "List-Unsubscribe", v);
+        free(v);
+        cJSON_AddStringToObject(h, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click");
+    }
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+void sendgrid_classify(long http_status, const char *body, size_t len, const char *message_id,
+                       long retry_after_s, struct send_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->retry_after_s = retry_after_s;
+    if (http_status >= 200 && http_status < 300) {
+        if (message_id && *message_id) {
+            out->outcome = SEND_OK;
+            set_text(out->provider_id, sizeof(out->provider_id), message_id);
+            set_text(out->provider_status, sizeof(out->provider_status), "processed");
+        } else {
+            out->outcome = SEND_UNKNOWN;
+            set_text(out->message, sizeof(out->message), "2xx answer without X-Message-Id");
+        }
+        return;
+    }
+    cJSON *j = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "errors"), 0);
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(first, "message");
+    const cJSON *field = cJSON_GetObjectItemCaseSensitive(first, "field");
+    if (cJSON_IsString(msg)) {
+        if (cJSON_IsString(field))
+            snprintf(out->message, sizeof(out->message), "%s: %s", field->valuestring,
+                     msg->valuestring);
+        else
+            set_text(out->message, sizeof(out->message), msg->valuestring);
+    } else {
+        snprintf(out->message, sizeof(out->message), "HTTP %ld from provider", http_status);
+    }
+    cJSON_Delete(j);
+    snprintf(out->code, sizeof(out->code), "http_%ld", http_status);
+    if (http_status == 429) {
+        out->outcome = SEND_RETRY;
+        out->throttled = true;
+    } else if (http_status >= 500) {
+        out->outcome = SEND_RETRY;
+    } else {
+        out->outcome = SEND_FAILED;
+    }
 }
 
 void transport_classify(bool connected, const char *what, struct send_result *out)

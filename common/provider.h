@@ -55,6 +55,22 @@ enum cr_err twilio_call_form(struct buf *out, const char *to, const char *from, 
                              const char *status_callback,
                              const char *machine_detection) CR_MUST_CHECK;
 
+/* SendGrid's POST /v3/mail/send body for one recipient (JSON, malloc'd):
+ * text/plain before text/html (either may be NULL, not both), crier's
+ * delivery and tenant ids in custom_args (events echo them), and the RFC
+ * 8058 List-Unsubscribe / List-Unsubscribe-Post headers when unsub_url is
+ * given. from_name and reply_to may be NULL. */
+char *sendgrid_mail_json(const char *to, const char *from, const char *from_name,
+                         const char *reply_to, const char *subject, const char *text,
+                         const char *html, const char *unsub_url, long long delivery_id,
+                         long long tenant_id);
+
+/* Classifies SendGrid's answer: 202 with X-Message-Id (message_id) is sent;
+ * 429 and 5xx retry (429 throttles the account); 400, 401, 403, 413 and
+ * other 4xx fail with the first error's message. */
+void sendgrid_classify(long http_status, const char *body, size_t len, const char *message_id,
+                       long retry_after_s, struct send_result *out);
+
 /* Classifies Twilio's HTTP answer. retry_after_s is the parsed Retry-After
  * header (0 if absent). */
 void twilio_classify(long http_status, const char *body, size_t len, long retry_after_s,

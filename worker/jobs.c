@@ -70,7 +70,7 @@ static const char sql_claim[] =
     "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
     "  p.credentials, " GATE_OPTED_OUT("k.channel") ", cl.campaign_id, cl.customer_id,"
     "  k.variants::text, 's', NULL::bigint, NULL::text, p.rate_per_second, k.channel,"
-    "  k.agent_config->>'machine_detection'"
+    "  k.agent_config->>'machine_detection', k.message::text"
     " FROM claimed cl"
     " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
@@ -79,7 +79,7 @@ static const char sql_claim[] =
     " UNION ALL"
     " SELECT df.id, df.tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
     "  NULL, NULL, NULL, NULL, NULL, NULL, 'd', (extract(epoch FROM df.due) * 1000)::bigint,"
-    "  df.member, NULL::int, NULL, NULL"
+    "  df.member, NULL::int, NULL, NULL, NULL"
     " FROM deferred df";
 /* clang-format on */
 

@@ -25,6 +25,8 @@ static const struct cfg_row worker_rows[] = {
      1, "32-byte key (64 hex or base64) opening provider credentials"},
     {"CRIER_TWILIO_BASE_URL", CFG_STRING, offsetof(struct worker_config, twilio_base_url),
      "https://api.twilio.com", 0, 0, NULL, 0, 0, "Twilio REST base URL (tests: a local fake)"},
+    {"CRIER_SENDGRID_BASE_URL", CFG_STRING, offsetof(struct worker_config, sendgrid_base_url),
+     "https://api.sendgrid.com", 0, 0, NULL, 0, 0, "SendGrid API base URL (tests: a local fake)"},
     {"CRIER_SANDBOX_LOG", CFG_STRING, offsetof(struct worker_config, sandbox_log), "", 0, 0, NULL,
      0, 0, "file the sandbox provider appends each message to (empty: none)"},
     {"CRIER_WORKER_PG_POOL", CFG_INT, offsetof(struct worker_config, pg_pool_size), "4", 1, 64,

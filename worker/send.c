@@ -10,6 +10,7 @@
 #include "log.h"
 #include "pace.h"
 #include "sms.h"
+#include "unsub.h"
 #include "template.h"
 #include "variant.h"
 #include "worker.h"
@@ -40,6 +41,7 @@ enum claim_col {
     COL_ACCOUNT_RATE = 21, /* after jobs.c's kind, due and member */
     COL_CHANNEL,           /* the campaign's channel */
     COL_AMD,               /* agent_config.machine_detection */
+    COL_MESSAGE,           /* the campaign's message object (email) */
 };
 
 struct send {
@@ -48,6 +50,9 @@ struct send {
     struct curl_slist *headers;
     struct buf response;
     long retry_after;
+    char message_id[160]; /* SendGrid's X-Message-Id; SMTP: our Message-ID */
+    curl_mime *mime;      /* SMTP */
+    struct curl_slist *rcpt;
     struct account *account;
     unsigned cost;      /* tokens: SMS segments */
     struct send *qnext; /* in its account's queue, waiting for tokens */
@@ -177,6 +182,7 @@ void send_cleanup(struct worker *w)
         if (a->timer)
             event_free(a->timer);
         memset(a->auth, 0, sizeof(a->auth));
+        memset(a->smtp_pass, 0, sizeof(a->smtp_pass));
         free(a);
     }
     curl_global_cleanup();
@@ -237,6 +243,68 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
         snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/%s.json",
                  w->cfg->twilio_base_url, sid->valuestring, voice ? "Calls" : "Messages");
         snprintf(a->auth, sizeof(a->auth), "%s:%s", sid->valuestring, secret->valuestring);
+        cJSON_Delete(creds);
+        memset(plain, 0, plen);
+        free(plain);
+    } else if (strcmp(kind, "sendgrid") == 0) {
+        a->kind = ACCOUNT_SENDGRID;
+        char *plain = NULL;
+        size_t plen = 0;
+        cJSON *creds = NULL;
+        const cJSON *key = NULL;
+        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
+            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
+            !(creds = cJSON_Parse(plain)) ||
+            !cJSON_IsString(key = cJSON_GetObjectItemCaseSensitive(creds, "secret"))) {
+            snprintf(why, whysz,
+                     "provider account %lld: credentials cannot be opened "
+                     "(check CRIER_SECRET_KEY)",
+                     id);
+            cJSON_Delete(creds);
+            if (plain)
+                memset(plain, 0, plen);
+            free(plain);
+            free(a);
+            return NULL;
+        }
+        snprintf(a->url, sizeof(a->url), "%s/v3/mail/send", w->cfg->sendgrid_base_url);
+        snprintf(a->auth, sizeof(a->auth), "Authorization: Bearer %s", key->valuestring);
+        cJSON_Delete(creds);
+        memset(plain, 0, plen);
+        free(plain);
+    } else if (strcmp(kind, "smtp") == 0) {
+        a->kind = ACCOUNT_SMTP;
+        char *plain = NULL;
+        size_t plen = 0;
+        cJSON *creds = NULL;
+        const cJSON *host = NULL, *port = NULL;
+        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
+            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
+            !(creds = cJSON_Parse(plain)) ||
+            !cJSON_IsString(host = cJSON_GetObjectItemCaseSensitive(creds, "host")) ||
+            !cJSON_IsNumber(port = cJSON_GetObjectItemCaseSensitive(creds, "port"))) {
+            snprintf(why, whysz,
+                     "provider account %lld: credentials cannot be opened "
+                     "(check CRIER_SECRET_KEY)",
+                     id);
+            cJSON_Delete(creds);
+            if (plain)
+                memset(plain, 0, plen);
+            free(plain);
+            free(a);
+            return NULL;
+        }
+        const cJSON *sec = cJSON_GetObjectItemCaseSensitive(creds, "security");
+        const cJSON *user = cJSON_GetObjectItemCaseSensitive(creds, "username");
+        const cJSON *pass = cJSON_GetObjectItemCaseSensitive(creds, "secret");
+        bool tls = cJSON_IsString(sec) && !strcmp(sec->valuestring, "tls");
+        a->smtp_starttls = !cJSON_IsString(sec) || !strcmp(sec->valuestring, "starttls");
+        snprintf(a->url, sizeof(a->url), "%s://%s:%d", tls ? "smtps" : "smtp", host->valuestring,
+                 (int)port->valuedouble);
+        if (cJSON_IsString(user))
+            snprintf(a->smtp_user, sizeof(a->smtp_user), "%s", user->valuestring);
+        if (cJSON_IsString(pass))
+            snprintf(a->smtp_pass, sizeof(a->smtp_pass), "%s", pass->valuestring);
         cJSON_Delete(creds);
         memset(plain, 0, plen);
         free(plain);
@@ -327,6 +395,15 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 {
     struct send *s = arg;
     size_t n = size * nmemb;
+    if (n > 13 && strncasecmp(data, "X-Message-Id:", 13) == 0) {
+        size_t k = n - 13;
+        const char *v = data + 13;
+        while (k && (*v == ' ' || *v == '\t'))
+            v++, k--;
+        while (k && (v[k - 1] == '\r' || v[k - 1] == '\n' || v[k - 1] == ' '))
+            k--;
+        snprintf(s->message_id, sizeof(s->message_id), "%.*s", (int)k, v);
+    }
     if (n > 12 && strncasecmp(data, "Retry-After:", 12) == 0) {
         char v[32];
         snprintf(v, sizeof(v), "%.*s", (int)(n - 12 < 31 ? n - 12 : 31), data + 12);
@@ -339,9 +416,37 @@ static void send_free(struct send *s)
 {
     if (s->easy)
         curl_easy_cleanup(s->easy);
+    curl_mime_free(s->mime);
+    curl_slist_free_all(s->rcpt);
     curl_slist_free_all(s->headers);
     buf_cleanup(&s->response);
     free(s);
+}
+
+/* An SMTP transfer's outcome: done is sent (under our Message-ID); a 4xx
+ * reply is "try again later", a 5xx permanent; no reply after the
+ * connection may have carried the message: unknown. */
+static void smtp_classify(struct send *s, CURLcode rc)
+{
+    struct send_result *r = &s->o.res;
+    memset(r, 0, sizeof(*r));
+    if (rc == CURLE_OK) {
+        r->outcome = SEND_OK;
+        snprintf(r->provider_id, sizeof(r->provider_id), "%.71s", s->message_id);
+        snprintf(r->provider_status, sizeof(r->provider_status), "accepted");
+        return;
+    }
+    long code = 0;
+    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code >= 400 && code < 600) {
+        r->outcome = code < 500 ? SEND_RETRY : SEND_FAILED;
+        snprintf(r->code, sizeof(r->code), "smtp_%ld", code);
+        snprintf(r->message, sizeof(r->message), "SMTP %ld: %s", code, curl_easy_strerror(rc));
+        return;
+    }
+    bool reached = rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST &&
+                   rc != CURLE_COULDNT_RESOLVE_PROXY;
+    transport_classify(reached, curl_easy_strerror(rc), r);
 }
 
 static void check_done(struct worker *w)
@@ -356,10 +461,17 @@ static void check_done(struct worker *w)
         CURLcode rc = m->data.result;
         curl_multi_remove_handle(w->multi, m->easy_handle);
         w->inflight--;
-        if (rc == CURLE_OK) {
+        if (s->account && s->account->kind == ACCOUNT_SMTP) {
+            smtp_classify(s, rc);
+        } else if (rc == CURLE_OK) {
             long status = 0;
             curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
-            twilio_classify(status, s->response.data, s->response.len, s->retry_after, &s->o.res);
+            if (s->account && s->account->kind == ACCOUNT_SENDGRID)
+                sendgrid_classify(status, s->response.data, s->response.len, s->message_id,
+                                  s->retry_after, &s->o.res);
+            else
+                twilio_classify(status, s->response.data, s->response.len, s->retry_after,
+                                &s->o.res);
         } else {
             long sent_bytes = 0;
             curl_easy_getinfo(s->easy, CURLINFO_REQUEST_SIZE, &sent_bytes);
@@ -405,14 +517,14 @@ static void sandbox_send(struct worker *w, struct outcome *o, const char *to, co
     finish(w, o);
 }
 
-/* The message template of this delivery: the campaign's body, or the body
- * of the customer's A/B variant (deterministic per customer). Borrowed. */
-static const char *pick_body(struct worker *w, PGresult *res, int row, char variant[33])
+/* The customer's A/B variant of the campaign (deterministic per customer),
+ * NULL when the campaign has none. Borrowed from the worker's cache. */
+static const cJSON *pick_variant(struct worker *w, PGresult *res, int row, char variant[33])
 {
     variant[0] = '\0';
     const char *text = PQgetvalue(res, row, COL_VARIANTS);
     if (!text[0] || !strcmp(text, "[]"))
-        return PQgetvalue(res, row, COL_BODY);
+        return NULL;
     long long campaign = strtoll(PQgetvalue(res, row, COL_CAMPAIGN), NULL, 10);
     if (w->variants_campaign != campaign || !w->variants) {
         cJSON_Delete(w->variants);
@@ -421,7 +533,7 @@ static const char *pick_body(struct worker *w, PGresult *res, int row, char vari
     }
     int n = cJSON_GetArraySize(w->variants);
     if (n <= 0 || n > 16)
-        return PQgetvalue(res, row, COL_BODY);
+        return NULL;
     int weights[16];
     int i = 0;
     for (const cJSON *v = w->variants->child; v && i < n; v = v->next, i++) {
@@ -432,11 +544,76 @@ static const char *pick_body(struct worker *w, PGresult *res, int row, char vari
         variant_pick(campaign, strtoll(PQgetvalue(res, row, COL_CUSTOMER), NULL, 10), weights, n);
     const cJSON *v = cJSON_GetArrayItem(w->variants, k);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
-    const cJSON *body =
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(v, "message"), "body");
     if (cJSON_IsString(name))
         snprintf(variant, 33, "%s", name->valuestring);
+    return v;
+}
+
+/* The SMS template of this delivery: the campaign's body, or the body of
+ * the customer's variant. Borrowed. */
+static const char *pick_body(struct worker *w, PGresult *res, int row, char variant[33])
+{
+    const cJSON *v = pick_variant(w, res, row, variant);
+    const cJSON *body =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(v, "message"), "body");
     return cJSON_IsString(body) ? body->valuestring : PQgetvalue(res, row, COL_BODY);
+}
+
+/* An email rendered for one customer. */
+struct email {
+    char *subject, *text, *html; /* owned; text or html may be NULL */
+    char from_name[128], reply_to[328];
+};
+
+static void email_cleanup(struct email *m)
+{
+    free(m->subject);
+    free(m->text);
+    free(m->html);
+}
+
+/* Renders the campaign's (or the variant's) subject, text and html; HTML
+ * values are escaped. 0, or -1 with a message in err. */
+static int render_email(struct worker *w, PGresult *res, int row, char variant[33], struct email *m,
+                        char *err, size_t errsz)
+{
+    memset(m, 0, sizeof(*m));
+    const cJSON *v = pick_variant(w, res, row, variant);
+    cJSON *own = v ? NULL : cJSON_Parse(PQgetvalue(res, row, COL_MESSAGE));
+    const cJSON *msg = v ? cJSON_GetObjectItemCaseSensitive(v, "message") : own;
+    static const char *const keys[] = {"subject", "text", "html"};
+    char **outs[] = {&m->subject, &m->text, &m->html};
+    struct render_ctx rc = {res, row, NULL, ""};
+    int rcode = 0;
+    for (int i = 0; i < 3 && !rcode; i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, keys[i]);
+        if (!cJSON_IsString(t) || !*t->valuestring)
+            continue;
+        struct buf b;
+        buf_init(&b, SEND_MAX_BODY);
+        if (tpl_render(t->valuestring, render_lookup, &rc,
+                       i == 2 ? TPL_ESCAPE_HTML : TPL_ESCAPE_NONE, &b, err, errsz) != CR_OK) {
+            buf_cleanup(&b);
+            rcode = -1;
+        } else {
+            *outs[i] = buf_take(&b);
+        }
+    }
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(msg, "from_name");
+    const cJSON *rt = cJSON_GetObjectItemCaseSensitive(msg, "reply_to");
+    if (cJSON_IsString(fn))
+        snprintf(m->from_name, sizeof(m->from_name), "%s", fn->valuestring);
+    if (cJSON_IsString(rt))
+        snprintf(m->reply_to, sizeof(m->reply_to), "%s", rt->valuestring);
+    cJSON_Delete(rc.attrs);
+    cJSON_Delete(own);
+    if (!rcode && (!m->subject || (!m->text && !m->html))) {
+        snprintf(err, errsz, "the email has no subject or no content");
+        rcode = -1;
+    }
+    if (rcode)
+        email_cleanup(m);
+    return rcode;
 }
 
 /* ---------------------------------------------------------------------
@@ -605,6 +782,107 @@ static void rate_pause(struct worker *w, struct account *a, long retry_after_s)
     redisAsyncCommand(w->wr, NULL, NULL, "SET %s 1 PX %ld", pause, ms);
 }
 
+/* RFC 2047 encoded-word for a header value that is not plain ASCII. */
+static void header_word(const char *in, char *out, size_t outsz)
+{
+    bool ascii = true;
+    for (const unsigned char *p = (const unsigned char *)in; *p; p++)
+        ascii &= *p >= 0x20 && *p < 0x7f;
+    if (ascii) {
+        snprintf(out, outsz, "%s", in);
+        return;
+    }
+    uint8_t *raw = (uint8_t *)in;
+    size_t n = strlen(in), o = 0;
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    o += (size_t)snprintf(out, outsz, "=?UTF-8?B?");
+    for (size_t i = 0; i < n && o + 5 < outsz; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (i + 1 < n ? (uint32_t)raw[i + 1] << 8 : 0) |
+                     (i + 2 < n ? raw[i + 2] : 0);
+        out[o++] = b64[v >> 18 & 63];
+        out[o++] = b64[v >> 12 & 63];
+        out[o++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? b64[v & 63] : '=';
+    }
+    snprintf(out + o, outsz - o, "?=");
+}
+
+/* An SMTP send: envelope, credentials, and a MIME message (multipart/
+ * alternative text + html) with crier's headers: Message-ID (kept as the
+ * delivery's provider id), List-Unsubscribe(-Post), X-Crier-Delivery. */
+static enum cr_err smtp_setup(struct worker *w, struct send *s, const struct account *a,
+                              const struct email *m, const char *to, const char *unsub)
+{
+    CURL *c = s->easy;
+    unsigned char rnd[8];
+    char hex[17];
+    if (crypto_random(rnd, sizeof(rnd)) != CR_OK)
+        return CR_ECRYPTO;
+    crypto_hex_encode(rnd, sizeof(rnd), hex);
+    const char *domain = strchr(a->from, '@');
+    snprintf(s->message_id, sizeof(s->message_id), "<crier.%lld.%s@%s>", s->o.delivery_id, hex,
+             domain ? domain + 1 : "crier.invalid");
+    char from[512], fromname[200], subject[1024], line[1400];
+    curl_easy_setopt(c, CURLOPT_MAIL_FROM, a->from);
+    s->rcpt = curl_slist_append(NULL, to);
+    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, s->rcpt);
+    if (a->smtp_user[0]) {
+        curl_easy_setopt(c, CURLOPT_USERNAME, a->smtp_user);
+        curl_easy_setopt(c, CURLOPT_PASSWORD, a->smtp_pass);
+    }
+    if (a->smtp_starttls)
+        curl_easy_setopt(c, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
+    header_word(m->from_name, fromname, sizeof(fromname));
+    if (m->from_name[0])
+        snprintf(from, sizeof(from), "From: %s <%s>", fromname, a->from);
+    else
+        snprintf(from, sizeof(from), "From: %s", a->from);
+    s->headers = curl_slist_append(s->headers, from);
+    snprintf(line, sizeof(line), "To: %s", to);
+    s->headers = curl_slist_append(s->headers, line);
+    header_word(m->subject, subject, sizeof(subject));
+    snprintf(line, sizeof(line), "Subject: %s", subject);
+    s->headers = curl_slist_append(s->headers, line);
+    snprintf(line, sizeof(line), "Message-ID: %s", s->message_id);
+    s->headers = curl_slist_append(s->headers, line);
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S +0000", &tm);
+    s->headers = curl_slist_append(s->headers, line);
+    if (m->reply_to[0]) {
+        snprintf(line, sizeof(line), "Reply-To: %s", m->reply_to);
+        s->headers = curl_slist_append(s->headers, line);
+    }
+    snprintf(line, sizeof(line), "List-Unsubscribe: <%s>", unsub);
+    s->headers = curl_slist_append(s->headers, line);
+    s->headers = curl_slist_append(s->headers, "List-Unsubscribe-Post: List-Unsubscribe=One-Click");
+    snprintf(line, sizeof(line), "X-Crier-Delivery: %lld", s->o.delivery_id);
+    s->headers = curl_slist_append(s->headers, line);
+    s->headers = curl_slist_append(s->headers, "MIME-Version: 1.0");
+
+    s->mime = curl_mime_init(c);
+    curl_mime *alt = curl_mime_init(c);
+    const char *values[] = {m->text, m->html};
+    static const char *const types[] = {"text/plain; charset=utf-8", "text/html; charset=utf-8"};
+    for (int i = 0; i < 2; i++) {
+        if (!values[i])
+            continue;
+        curl_mimepart *p = curl_mime_addpart(alt);
+        curl_mime_data(p, values[i], CURL_ZERO_TERMINATED);
+        curl_mime_type(p, types[i]);
+        curl_mime_encoder(p, "quoted-printable");
+    }
+    curl_mimepart *part = curl_mime_addpart(s->mime);
+    curl_mime_subparts(part, alt);
+    curl_mime_type(part, "multipart/alternative");
+    struct curl_slist *ph = curl_slist_append(NULL, "Content-Disposition: inline");
+    curl_mime_headers(part, ph, 1);
+    curl_easy_setopt(c, CURLOPT_MIMEPOST, s->mime);
+    (void)w;
+    return CR_OK;
+}
+
 void send_start(struct worker *w, PGresult *res, int row, int ch, const char *stream_id)
 {
     struct outcome o;
@@ -615,15 +893,20 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     o.attempts = (int)strtol(PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
     snprintf(o.stream_id, sizeof(o.stream_id), "%s", stream_id);
     const char *kind = PQgetisnull(res, row, COL_KIND) ? "none" : PQgetvalue(res, row, COL_KIND);
-    o.provider = strcmp(kind, "twilio") == 0    ? "twilio"
-                 : strcmp(kind, "sandbox") == 0 ? "sandbox"
-                                                : "none";
+    static const char *const kinds[] = {"twilio", "sandbox", "sendgrid", "smtp"};
+    o.provider = "none";
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        if (!strcmp(kind, kinds[i]))
+            o.provider = kinds[i];
 
     if (PQgetvalue(res, row, COL_OPT_OUT)[0] == 't') {
         skip_or_fail(w, &o, SEND_SKIPPED, "opted_out", "opted_out");
         return;
     }
-    if (PQgetisnull(res, row, COL_PHONE)) {
+    const char *channel = PQgetvalue(res, row, COL_CHANNEL);
+    bool voice = strcmp(channel, "voice") == 0, email = strcmp(channel, "email") == 0;
+    int address_col = email ? COL_EMAIL : COL_PHONE;
+    if (PQgetisnull(res, row, address_col)) {
         skip_or_fail(w, &o, SEND_SKIPPED, "no_address", "no_address");
         return;
     }
@@ -635,9 +918,18 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     }
     /* A call has no body here: its script is served as TwiML when Twilio
      * fetches the call's Url (the voice webhook). */
-    bool voice = strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0;
+    struct email m;
+    memset(&m, 0, sizeof(m));
     if (voice) {
         o.body = xstrdup("");
+    } else if (email) {
+        char err[160];
+        if (render_email(w, res, row, o.variant, &m, err, sizeof(err)) != 0) {
+            skip_or_fail(w, &o, SEND_FAILED, "template", err);
+            return;
+        }
+        /* The messages table keeps the subject and the text (else the html). */
+        o.body = xasprintf("%s\n\n%s", m.subject, m.text ? m.text : m.html);
     } else {
         struct render_ctx rc = {res, row, NULL, ""};
         struct buf body;
@@ -653,9 +945,10 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
         }
         o.body = buf_take(&body);
     }
-    const char *to = PQgetvalue(res, row, COL_PHONE);
+    const char *to = PQgetvalue(res, row, address_col);
 
     if (a->kind == ACCOUNT_SANDBOX) {
+        email_cleanup(&m);
         sandbox_send(w, &o, to, a->from);
         return;
     }
@@ -669,8 +962,20 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     char callback[512];
     snprintf(callback, sizeof(callback), "%s/v1/webhooks/%lld/twilio/status", w->cfg->public_url,
              o.tenant_id);
-    enum cr_err fe;
-    if (voice) {
+    enum cr_err fe = CR_OK;
+    char *json = NULL;
+    char unsub[640] = "";
+    bool smtp = a->kind == ACCOUNT_SMTP;
+    if (email) {
+        char token[UNSUB_TOKEN_MAX];
+        long long customer = strtoll(PQgetvalue(res, row, COL_CUSTOMER), NULL, 10);
+        fe = unsub_token(w->secret, o.tenant_id, customer, "email", token, sizeof(token));
+        snprintf(unsub, sizeof(unsub), "%s/v1/unsubscribe?token=%s", w->cfg->public_url, token);
+        if (!fe && a->kind == ACCOUNT_SENDGRID &&
+            !(json = sendgrid_mail_json(to, a->from, m.from_name, m.reply_to, m.subject, m.text,
+                                        m.html, unsub, o.delivery_id, o.tenant_id)))
+            fe = CR_EINVAL;
+    } else if (voice) {
         char url[512];
         snprintf(url, sizeof(url), "%s/v1/webhooks/%lld/twilio/voice?delivery=%lld",
                  w->cfg->public_url, o.tenant_id, o.delivery_id);
@@ -682,22 +987,38 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     } else {
         fe = twilio_sms_form(&form, to, a->from, o.body, callback);
     }
-    if (fe != CR_OK || !(s->easy = curl_easy_init())) {
+    if (fe != CR_OK || !(s->easy = curl_easy_init()) ||
+        (smtp && smtp_setup(w, s, a, &m, to, unsub) != CR_OK)) {
+        email_cleanup(&m);
+        free(json);
         buf_cleanup(&form);
         s->o.body = NULL;
         skip_or_fail(w, &o, SEND_FAILED, "internal", "cannot build the request");
         send_free(s);
         return;
     }
+    email_cleanup(&m);
     CURL *c = s->easy;
     curl_easy_setopt(c, CURLOPT_URL, a->url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)form.len);
-    curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, buf_str(&form));
+    if (smtp) {
+        /* smtp_setup set the envelope, the MIME message and its headers. */
+    } else if (json) {
+        s->headers = curl_slist_append(NULL, "Accept: application/json");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
+        curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, json);
+        s->headers = curl_slist_append(s->headers, "Content-Type: application/json");
+        s->headers = curl_slist_append(s->headers, a->auth);
+        free(json);
+    } else {
+        s->headers = curl_slist_append(NULL, "Accept: application/json");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)form.len);
+        curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, buf_str(&form));
+        curl_easy_setopt(c, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+        curl_easy_setopt(c, CURLOPT_USERPWD, a->auth);
+    }
     buf_cleanup(&form);
-    curl_easy_setopt(c, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
-    curl_easy_setopt(c, CURLOPT_USERPWD, a->auth);
-    s->headers = curl_slist_append(NULL, "Accept: application/json");
-    s->headers = curl_slist_append(s->headers, "Expect:");
+    if (!smtp)
+        s->headers = curl_slist_append(s->headers, "Expect:");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, s->headers);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "crier/0.1");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -708,10 +1029,10 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, w->cfg->send_timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, w->cfg->connect_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, smtp ? "smtp,smtps" : "http,https");
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     s->account = a;
-    s->cost = voice ? 1 : sms_segments(o.body, strlen(o.body), NULL);
+    s->cost = voice || email ? 1 : sms_segments(o.body, strlen(o.body), NULL);
     if (s->cost == 0)
         s->cost = 1;
     w->inflight++; /* from here until its outcome, queued or in curl */

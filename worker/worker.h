@@ -32,6 +32,7 @@ struct worker_config {
     char *public_url;
     char *secret_key;
     char *twilio_base_url;
+    char *sendgrid_base_url;
     char *sandbox_log;
     long pg_pool_size;
     long concurrency;
@@ -56,8 +57,10 @@ struct account {
     int kind; /* enum account_kind */
     char from[64];
     char url[512];  /* full Messages.json URL */
-    char auth[256]; /* "sid:secret" for Basic auth */
-    long rate_ps;   /* messages (segments) per second across all workers; 0: none */
+    char auth[256]; /* "sid:secret" for Basic auth; SendGrid: the Authorization header */
+    char smtp_user[260], smtp_pass[520];
+    bool smtp_starttls; /* require STARTTLS (smtp://); "tls" is smtps:// in url */
+    long rate_ps;       /* messages (segments) per second across all workers; 0: none */
     double credit;  /* tokens taken and not yet spent */
     struct send *qhead, *qtail;
     long qcost;          /* tokens the queue needs */
@@ -68,7 +71,7 @@ struct account {
     struct account *next;
 };
 
-enum account_kind { ACCOUNT_SANDBOX = 0, ACCOUNT_TWILIO };
+enum account_kind { ACCOUNT_SANDBOX = 0, ACCOUNT_TWILIO, ACCOUNT_SENDGRID, ACCOUNT_SMTP };
 
 /* One outcome waiting to be written. */
 struct outcome {

@@ -42,15 +42,14 @@ check422 '{"name":"x","channel":"sms","variants":[{"name":"A","weight":1,"messag
 check422 '{"name":"x","channel":"sms","message":{"body":"Hi"},"colour":"red"}' colour "unknown field"
 before=$(t_psql "SELECT count(*) FROM campaigns")
 
-# Email campaigns are valid documents (their sending comes later).
+# Email campaigns are valid documents and launch.
 t_ctl provider create "$T_TENANT" --channel email --kind sandbox --from news@example.com >/dev/null
 t_api POST /v1/campaigns '{"name":"e","channel":"email","message":{"subject":"Hi {{first_name}}","text":"Hello","html":"<p>Hello {{first_name}}</p>"}}'
 assert_eq "$T_STATUS" 201 "email campaign"
 EID=$(json_get .id)
 t_api POST "/v1/campaigns/$EID/launch"
-assert_eq "$T_STATUS" 422 "email cannot be launched by this version"
-assert_eq "$(json_get .error.field)" channel "names the channel"
-assert_eq "$(t_psql "SELECT status FROM campaigns WHERE id = $EID")" draft "still a draft"
+assert_eq "$T_STATUS" 202 "email campaigns launch"
+assert_eq "$(t_psql "SELECT status FROM campaigns WHERE id = $EID")" running "running"
 
 # --- CRUD
 t_api POST /v1/campaigns '{"name":"ab","channel":"sms","variants":[{"name":"A","weight":3,"message":{"body":"A {{first_name}}"}},{"name":"B","weight":1,"message":{"body":"B {{first_name}}"}}],"segment":{"has_phone":true},"rate_per_minute":600,"send_window":{"start":"09:00","end":"20:00","days":[1,2,3,4,5]},"expire_after_minutes":240}'
@@ -144,7 +143,7 @@ done
 
 # Actions were appended to crier:actions.
 acts=$(t_redis --raw XRANGE crier:actions - + | awk 'prev == "type" {printf "%s,", $0} {prev = $0}')
-assert_eq "$acts" "launch,pause,resume,cancel," "actions stream"
+assert_eq "$acts" "launch,launch,pause,resume,cancel," "actions stream (the email launch, then the sms lifecycle)"
 
 # complete: running -> completed
 t_api POST /v1/campaigns "$sms"

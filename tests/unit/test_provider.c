@@ -1,5 +1,6 @@
 /* test_provider.c - unit tests for common/provider.c (Twilio SMS wire format,
  * outcome classification, Retry-After). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -69,6 +70,53 @@ static void test_call_form(void)
                            "&StatusCallbackEvent=answered&StatusCallbackEvent=completed"
                            "&MachineDetection=DetectMessageEnd&AsyncAmd=true");
     buf_cleanup(&b);
+}
+
+static void test_sendgrid_json(void)
+{
+    char *j =
+        sendgrid_mail_json("ann@example.com", "news@shop.example", "Shop", NULL, "Hi Ann", "Hello",
+                           "<p>Hello</p>", "https://crier.example/v1/unsubscribe?token=t", 42, 7);
+    REQUIRE(j);
+    CHECK_STR(j, "{\"personalizations\":[{\"to\":[{\"email\":\"ann@example.com\"}],"
+                 "\"custom_args\":{\"delivery_id\":\"42\",\"tenant_id\":\"7\"}}],"
+                 "\"from\":{\"email\":\"news@shop.example\",\"name\":\"Shop\"},"
+                 "\"subject\":\"Hi Ann\",\"content\":[{\"type\":\"text/plain\",\"value\":"
+                 "\"Hello\"},{\"type\":\"text/html\",\"value\":\"<p>Hello</p>\"}],"
+                 "\"headers\":{\"List-Unsubscribe\":"
+                 "\"<https://crier.example/v1/unsubscribe?token=t>\",\"List-Unsubscribe-Post\":"
+                 "\"List-Unsubscribe=One-Click\"}}");
+    free(j);
+    /* HTML only, a reply-to, no unsubscribe URL. */
+    j = sendgrid_mail_json("a@b.c", "f@b.c", NULL, "r@b.c", "S", NULL, "<b>x</b>", NULL, 1, 2);
+    REQUIRE(j);
+    CHECK(strstr(j, "\"reply_to\":{\"email\":\"r@b.c\"}") != NULL);
+    CHECK(strstr(j, "text/plain") == NULL && strstr(j, "text/html") != NULL);
+    CHECK(strstr(j, "headers") == NULL);
+    free(j);
+}
+
+static void test_sendgrid_classify(void)
+{
+    struct send_result r;
+    sendgrid_classify(202, "", 0, "14c5d75ce93.dfd.64b469.filter0001", 0, &r);
+    CHECK(r.outcome == SEND_OK);
+    CHECK_STR(r.provider_id, "14c5d75ce93.dfd.64b469.filter0001");
+    sendgrid_classify(202, "", 0, NULL, 0, &r);
+    CHECK(r.outcome == SEND_UNKNOWN);
+    const char *e400 = "{\"errors\":[{\"message\":\"Invalid email\",\"field\":"
+                       "\"personalizations.0.to.0.email\",\"help\":null}]}";
+    sendgrid_classify(400, e400, strlen(e400), NULL, 0, &r);
+    CHECK(r.outcome == SEND_FAILED);
+    CHECK_STR(r.code, "http_400");
+    CHECK_STR(r.message, "personalizations.0.to.0.email: Invalid email");
+    sendgrid_classify(403, "{}", 2, NULL, 0, &r);
+    CHECK(r.outcome == SEND_FAILED && !r.throttled);
+    sendgrid_classify(429, "", 0, NULL, 5, &r);
+    CHECK(r.outcome == SEND_RETRY && r.throttled && r.retry_after_s == 5);
+    sendgrid_classify(503, "oops", 4, NULL, 0, &r);
+    CHECK(r.outcome == SEND_RETRY && !r.throttled);
+    CHECK_STR(r.message, "HTTP 503 from provider");
 }
 
 static void test_sms_form(void)
@@ -366,6 +414,8 @@ int main(void)
     RUN(test_form_join);
     RUN(test_sms_form);
     RUN(test_call_form);
+    RUN(test_sendgrid_json);
+    RUN(test_sendgrid_classify);
     RUN(test_classify_ok);
     RUN(test_classify_unknown);
     RUN(test_classify_len);
