@@ -61,7 +61,7 @@ struct account {
     char smtp_user[260], smtp_pass[520];
     bool smtp_starttls; /* require STARTTLS (smtp://); "tls" is smtps:// in url */
     long rate_ps;       /* messages (segments) per second across all workers; 0: none */
-    double credit;  /* tokens taken and not yet spent */
+    double credit;      /* tokens taken and not yet spent */
     struct send *qhead, *qtail;
     long qcost;          /* tokens the queue needs */
     long long qsince_ms; /* when the queue's head started waiting */
