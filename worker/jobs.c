@@ -91,11 +91,22 @@ static const char sql_claim[] =
 
 /* Reclaimed entries whose delivery is still 'sending' long after the claim:
  * the worker died mid-send, the provider may have accepted: unknown. */
+/* Rows: the orphans marked unknown (kind 'u'), and the reclaimed
+ * deliveries still 'sending' under a claim too recent to call (kind 'h'):
+ * their entries are held - left pending, reclaimed again later - never
+ * acknowledged while a send may be under way (an entry is reclaimed after
+ * 60 s idle, but its claim may be a moment younger than its read). */
 static const char sql_orphans[] =
-    "UPDATE deliveries SET status = 'unknown', last_error = 'worker died during the send',"
-    "  updated_at = now()"
-    " WHERE id = ANY($1::bigint[]) AND tenant_id = ANY($2::bigint[]) AND status = 'sending'"
-    "   AND claimed_at < now() - make_interval(secs => $3::int)";
+    "WITH o AS (UPDATE deliveries SET status = 'unknown',"
+    "   last_error = 'worker died during the send', updated_at = now()"
+    "   WHERE id = ANY($1::bigint[]) AND tenant_id = ANY($2::bigint[]) AND status = 'sending'"
+    "     AND claimed_at < now() - make_interval(secs => $3::int)"
+    "   RETURNING id)"
+    " SELECT id, 'u' FROM o"
+    " UNION ALL"
+    " SELECT d.id, 'h' FROM deliveries d WHERE d.id = ANY($1::bigint[])"
+    "   AND d.tenant_id = ANY($2::bigint[]) AND d.status = 'sending'"
+    "   AND d.id NOT IN (SELECT id FROM o)";
 
 static const char sql_outcomes[] =
     "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
@@ -366,8 +377,23 @@ static void orphans_done(void *arg, PGresult *res, const char *errmsg, const cha
         claim_free(c);
         return;
     }
-    if (strtol(PQcmdTuples(res), NULL, 10) > 0)
-        log_warn("%s deliveries orphaned by a dead worker marked unknown", PQcmdTuples(res));
+    int orphans = 0, held = 0;
+    for (int r = 0; r < PQntuples(res); r++) {
+        if (PQgetvalue(res, r, 1)[0] == 'u') {
+            orphans++;
+            continue;
+        }
+        long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+        for (int i = 0; i < c->n; i++)
+            if (c->e[i].delivery_id == id && !c->e[i].claimed) {
+                c->e[i].claimed = true; /* held: neither claimed nor acknowledged */
+                held++;
+            }
+    }
+    if (orphans > 0)
+        log_warn("%d deliveries orphaned by a dead worker marked unknown", orphans);
+    if (held > 0)
+        log_info("%d reclaimed jobs held: their claim is too recent to call", held);
     start_claim(c);
 }
 
