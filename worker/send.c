@@ -192,6 +192,67 @@ void send_cleanup(struct worker *w)
  * Provider accounts
  * ------------------------------------------------------------------- */
 
+/* The account's sealed credentials as JSON; the decrypted text is wiped
+ * once parsed. NULL with the reason in why. */
+static cJSON *open_credentials(struct worker *w, PGresult *res, int row, long long id, char *why,
+                               size_t whysz)
+{
+    char *plain = NULL;
+    size_t plen = 0;
+    cJSON *creds = NULL;
+    if (w->have_secret && !PQgetisnull(res, row, COL_CREDS) &&
+        crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) == CR_OK)
+        creds = cJSON_Parse(plain);
+    if (plain) {
+        memset(plain, 0, plen);
+        free(plain);
+    }
+    if (!creds)
+        snprintf(why, whysz,
+                 "provider account %lld: credentials cannot be opened (check CRIER_SECRET_KEY)",
+                 id);
+    return creds;
+}
+
+/* Fills a's wire details from its credentials; false when they lack a
+ * field the kind needs. */
+static bool account_fill(struct worker *w, struct account *a, const cJSON *creds, bool voice)
+{
+    const cJSON *secret = cJSON_GetObjectItemCaseSensitive(creds, "secret");
+    if (a->kind == ACCOUNT_TWILIO) {
+        const cJSON *sid = cJSON_GetObjectItemCaseSensitive(creds, "account_sid");
+        if (!cJSON_IsString(sid) || !cJSON_IsString(secret))
+            return false;
+        /* An account serves one channel: SMS (Messages) or voice (Calls). */
+        snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/%s.json",
+                 w->cfg->twilio_base_url, sid->valuestring, voice ? "Calls" : "Messages");
+        snprintf(a->auth, sizeof(a->auth), "%s:%s", sid->valuestring, secret->valuestring);
+        return true;
+    }
+    if (a->kind == ACCOUNT_SENDGRID) {
+        if (!cJSON_IsString(secret))
+            return false;
+        snprintf(a->url, sizeof(a->url), "%s/v3/mail/send", w->cfg->sendgrid_base_url);
+        snprintf(a->auth, sizeof(a->auth), "Authorization: Bearer %s", secret->valuestring);
+        return true;
+    }
+    const cJSON *host = cJSON_GetObjectItemCaseSensitive(creds, "host");
+    const cJSON *port = cJSON_GetObjectItemCaseSensitive(creds, "port");
+    const cJSON *sec = cJSON_GetObjectItemCaseSensitive(creds, "security");
+    const cJSON *user = cJSON_GetObjectItemCaseSensitive(creds, "username");
+    if (!cJSON_IsString(host) || !cJSON_IsNumber(port))
+        return false;
+    bool tls = cJSON_IsString(sec) && !strcmp(sec->valuestring, "tls");
+    a->smtp_starttls = !cJSON_IsString(sec) || !strcmp(sec->valuestring, "starttls");
+    snprintf(a->url, sizeof(a->url), "%s://%s:%d", tls ? "smtps" : "smtp", host->valuestring,
+             (int)port->valuedouble);
+    if (cJSON_IsString(user))
+        snprintf(a->smtp_user, sizeof(a->smtp_user), "%s", user->valuestring);
+    if (cJSON_IsString(secret))
+        snprintf(a->smtp_pass, sizeof(a->smtp_pass), "%s", secret->valuestring);
+    return true;
+}
+
 static struct account *account_get(struct worker *w, PGresult *res, int row, char *why,
                                    size_t whysz)
 {
@@ -203,116 +264,42 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
     for (struct account *a = w->accounts; a; a = a->next)
         if (a->id == id)
             return a;
+    static const struct {
+        const char *name;
+        enum account_kind kind;
+    } kinds[] = {{"sandbox", ACCOUNT_SANDBOX},
+                 {"twilio", ACCOUNT_TWILIO},
+                 {"sendgrid", ACCOUNT_SENDGRID},
+                 {"smtp", ACCOUNT_SMTP}};
     const char *kind = PQgetvalue(res, row, COL_KIND);
+    size_t k = 0;
+    while (k < sizeof(kinds) / sizeof(kinds[0]) && strcmp(kinds[k].name, kind) != 0)
+        k++;
+    if (k == sizeof(kinds) / sizeof(kinds[0])) {
+        snprintf(why, whysz, "provider kind %s cannot send %s", kind,
+                 PQgetvalue(res, row, COL_CHANNEL));
+        return NULL;
+    }
     struct account *a = xcalloc(1, sizeof(*a));
     a->id = id;
+    a->kind = kinds[k].kind;
     a->rate_ps = PQgetisnull(res, row, COL_ACCOUNT_RATE)
                      ? 0
                      : strtol(PQgetvalue(res, row, COL_ACCOUNT_RATE), NULL, 10);
     snprintf(a->from, sizeof(a->from), "%s", PQgetvalue(res, row, COL_FROM));
-    if (strcmp(kind, "sandbox") == 0) {
-        a->kind = ACCOUNT_SANDBOX;
-    } else if (strcmp(kind, "twilio") == 0) {
-        a->kind = ACCOUNT_TWILIO;
-        char *plain = NULL;
-        size_t plen = 0;
-        cJSON *creds = NULL;
-        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
-            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
-            !(creds = cJSON_Parse(plain))) {
-            snprintf(why, whysz,
-                     "provider account %lld: credentials cannot be opened "
-                     "(check CRIER_SECRET_KEY)",
+    if (a->kind != ACCOUNT_SANDBOX) {
+        cJSON *creds = open_credentials(w, res, row, id, why, whysz);
+        bool ok = creds && account_fill(w, a, creds,
+                                        strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0);
+        if (creds && !ok)
+            snprintf(why, whysz, "provider account %lld: credentials lack a field its kind needs",
                      id);
-            free(plain);
-            free(a);
-            return NULL;
-        }
-        const cJSON *sid = cJSON_GetObjectItemCaseSensitive(creds, "account_sid");
-        const cJSON *secret = cJSON_GetObjectItemCaseSensitive(creds, "secret");
-        if (!cJSON_IsString(sid) || !cJSON_IsString(secret)) {
-            snprintf(why, whysz, "provider account %lld: credentials lack account_sid/secret", id);
-            cJSON_Delete(creds);
-            memset(plain, 0, plen);
-            free(plain);
-            free(a);
-            return NULL;
-        }
-        /* An account serves one channel: SMS (Messages) or voice (Calls). */
-        bool voice = strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0;
-        snprintf(a->url, sizeof(a->url), "%s/2010-04-01/Accounts/%s/%s.json",
-                 w->cfg->twilio_base_url, sid->valuestring, voice ? "Calls" : "Messages");
-        snprintf(a->auth, sizeof(a->auth), "%s:%s", sid->valuestring, secret->valuestring);
         cJSON_Delete(creds);
-        memset(plain, 0, plen);
-        free(plain);
-    } else if (strcmp(kind, "sendgrid") == 0) {
-        a->kind = ACCOUNT_SENDGRID;
-        char *plain = NULL;
-        size_t plen = 0;
-        cJSON *creds = NULL;
-        const cJSON *key = NULL;
-        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
-            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
-            !(creds = cJSON_Parse(plain)) ||
-            !cJSON_IsString(key = cJSON_GetObjectItemCaseSensitive(creds, "secret"))) {
-            snprintf(why, whysz,
-                     "provider account %lld: credentials cannot be opened "
-                     "(check CRIER_SECRET_KEY)",
-                     id);
-            cJSON_Delete(creds);
-            if (plain)
-                memset(plain, 0, plen);
-            free(plain);
+        if (!ok) {
+            memset(a, 0, sizeof(*a));
             free(a);
             return NULL;
         }
-        snprintf(a->url, sizeof(a->url), "%s/v3/mail/send", w->cfg->sendgrid_base_url);
-        snprintf(a->auth, sizeof(a->auth), "Authorization: Bearer %s", key->valuestring);
-        cJSON_Delete(creds);
-        memset(plain, 0, plen);
-        free(plain);
-    } else if (strcmp(kind, "smtp") == 0) {
-        a->kind = ACCOUNT_SMTP;
-        char *plain = NULL;
-        size_t plen = 0;
-        cJSON *creds = NULL;
-        const cJSON *host = NULL, *port = NULL;
-        if (!w->have_secret || PQgetisnull(res, row, COL_CREDS) ||
-            crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) != CR_OK ||
-            !(creds = cJSON_Parse(plain)) ||
-            !cJSON_IsString(host = cJSON_GetObjectItemCaseSensitive(creds, "host")) ||
-            !cJSON_IsNumber(port = cJSON_GetObjectItemCaseSensitive(creds, "port"))) {
-            snprintf(why, whysz,
-                     "provider account %lld: credentials cannot be opened "
-                     "(check CRIER_SECRET_KEY)",
-                     id);
-            cJSON_Delete(creds);
-            if (plain)
-                memset(plain, 0, plen);
-            free(plain);
-            free(a);
-            return NULL;
-        }
-        const cJSON *sec = cJSON_GetObjectItemCaseSensitive(creds, "security");
-        const cJSON *user = cJSON_GetObjectItemCaseSensitive(creds, "username");
-        const cJSON *pass = cJSON_GetObjectItemCaseSensitive(creds, "secret");
-        bool tls = cJSON_IsString(sec) && !strcmp(sec->valuestring, "tls");
-        a->smtp_starttls = !cJSON_IsString(sec) || !strcmp(sec->valuestring, "starttls");
-        snprintf(a->url, sizeof(a->url), "%s://%s:%d", tls ? "smtps" : "smtp", host->valuestring,
-                 (int)port->valuedouble);
-        if (cJSON_IsString(user))
-            snprintf(a->smtp_user, sizeof(a->smtp_user), "%s", user->valuestring);
-        if (cJSON_IsString(pass))
-            snprintf(a->smtp_pass, sizeof(a->smtp_pass), "%s", pass->valuestring);
-        cJSON_Delete(creds);
-        memset(plain, 0, plen);
-        free(plain);
-    } else {
-        snprintf(why, whysz, "provider kind %s cannot send %s", kind,
-                 PQgetvalue(res, row, COL_CHANNEL));
-        free(a);
-        return NULL;
     }
     a->next = w->accounts;
     w->accounts = a;
