@@ -1,4 +1,5 @@
 /* test_sms.c - tests for sms_segments (common/sms.c). */
+#include <stdio.h>
 #include <string.h>
 
 #include "check.h"
@@ -45,12 +46,9 @@ static void test_extension_characters(void)
     CHECK(segs(rep("€", 81), NULL) == 2);
     /* 152 "a" then "€": the escape pair does not straddle parts (153 + 2 > 153). */
     char buf[400];
-    memset(buf, 'a', 152);
-    strcpy(buf + 152, "€");
-    strcat(buf, rep("a", 10));
+    snprintf(buf, sizeof buf, "%s€%s", rep("a", 152), "aaaaaaaaaa");
     CHECK(segs(buf, NULL) == 2);
-    memset(buf, 'a', 306);
-    strcpy(buf + 306, "{");
+    snprintf(buf, sizeof buf, "%s{", rep("a", 306));
     CHECK(segs(buf, NULL) == 3);
 }
 
@@ -70,10 +68,9 @@ static void test_ucs2(void)
     CHECK(segs(rep("😀", 36), NULL) == 2);
     /* 66 units, a surrogate pair, 66 units: 134 units would fill exactly two
      * parts of 67 if the pair could straddle them; it cannot, so three. */
-    char buf[600];
-    strcpy(buf, rep("ж", 66));
-    strcat(buf, "😀");
-    strcat(buf, rep("ж", 66));
+    char buf[700], half[300];
+    snprintf(half, sizeof half, "%s", rep("ж", 66));
+    snprintf(buf, sizeof buf, "%s😀%s", half, half);
     CHECK(segs(buf, NULL) == 3);
 }
 
