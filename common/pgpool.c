@@ -1,6 +1,7 @@
 /* pgpool.c - non-blocking libpq connections driven by libevent. */
 #include "pgpool.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +12,12 @@
 
 enum pgc_state { PGC_DOWN = 0, PGC_CONNECTING, PGC_IDLE, PGC_BUSY };
 
+/* Statements prepared once per connection (pgpool_query_named). */
+#define PGPOOL_MAX_NAMED 32
+
 struct pgquery {
     char *sql; /* owned copy */
+    int named; /* index into the pool's names + 1, or 0 */
     int nparams;
     char **params;
     pgpool_cb cb;
@@ -28,8 +33,10 @@ struct pgc {
     struct event *io;
     struct event *deadline;
     struct pgquery *q;
-    PGresult *res;  /* first result of the running query */
-    int fail_count; /* consecutive connect failures, for backoff */
+    PGresult *res;     /* first result of the running query */
+    int fail_count;    /* consecutive connect failures, for backoff */
+    unsigned prepared; /* bit i: the pool's statement i is prepared here */
+    bool preparing;    /* the running command is q's PREPARE */
     struct timeval next_try;
 };
 
@@ -47,6 +54,8 @@ struct pgpool {
     struct event *kick;
     struct event *tick;
     char last_error[256];
+    const char *names[PGPOOL_MAX_NAMED]; /* borrowed statement names */
+    int nnames;
 };
 
 static void pgc_io_cb(evutil_socket_t fd, short what, void *arg);
@@ -100,6 +109,8 @@ static void pgc_drop(struct pgc *c, const char *msg)
         c->conn = NULL;
     }
     pgc_set_state(c, PGC_DOWN);
+    c->prepared = 0;
+    c->preparing = false;
     c->fail_count++;
     long backoff = c->fail_count > 5 ? 2000 : 100L * c->fail_count;
     gettimeofday(&c->next_try, NULL);
@@ -164,10 +175,24 @@ static void pgc_connect_step(struct pgc *c)
     }
 }
 
+static bool pgc_send(struct pgc *c);
+
 static void pgc_query_done(struct pgc *c)
 {
     struct pgquery *q = c->q;
     PGresult *res = c->res;
+    if (c->preparing) {
+        /* The PREPARE finished: on success run the statement itself. */
+        c->preparing = false;
+        c->res = NULL;
+        if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
+            PQclear(res);
+            c->prepared |= 1u << (q->named - 1);
+            pgc_send(c);
+            return;
+        }
+        c->res = res;
+    }
     c->q = NULL;
     c->res = NULL;
     event_del(c->deadline);
@@ -239,24 +264,43 @@ static void pgc_deadline_cb(evutil_socket_t fd, short what, void *arg)
     c->fail_count = 0;
 }
 
+/* Sends the running query (its PREPARE first when the connection lacks
+ * it) and watches for the answer. False when the connection was dropped. */
+static bool pgc_send(struct pgc *c)
+{
+    struct pgquery *q = c->q;
+    const char *const *params = (const char *const *)q->params;
+    int ok;
+    if (!q->named) {
+        ok = PQsendQueryParams(c->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+    } else if (!(c->prepared & (1u << (q->named - 1)))) {
+        c->preparing = true;
+        ok = PQsendPrepare(c->conn, c->pool->names[q->named - 1], q->sql, q->nparams, NULL);
+    } else {
+        ok = PQsendQueryPrepared(c->conn, c->pool->names[q->named - 1], q->nparams, params, NULL,
+                                 NULL, 0);
+    }
+    if (!ok) {
+        pgc_drop(c, "PostgreSQL connection lost");
+        return false;
+    }
+    int f = PQflush(c->conn);
+    if (f < 0) {
+        pgc_drop(c, "PostgreSQL connection lost");
+        return false;
+    }
+    pgc_watch(c, f == 1 ? (EV_READ | EV_WRITE) : EV_READ);
+    return true;
+}
+
 static void pgc_start(struct pgc *c, struct pgquery *q)
 {
     c->q = q;
     pgc_set_state(c, PGC_BUSY);
-    if (!PQsendQueryParams(c->conn, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL,
-                           NULL, 0)) {
-        pgc_drop(c, "PostgreSQL connection lost");
-        return;
-    }
     long ms = c->pool->timeout_ms + 1000;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(c->deadline, &tv);
-    int f = PQflush(c->conn);
-    if (f < 0) {
-        pgc_drop(c, "PostgreSQL connection lost");
-        return;
-    }
-    pgc_watch(c, f == 1 ? (EV_READ | EV_WRITE) : EV_READ);
+    pgc_send(c);
 }
 
 static void pool_dispatch(struct pgpool *p)
@@ -341,11 +385,12 @@ struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *
     return p;
 }
 
-void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *params,
-                  pgpool_cb cb, void *arg)
+static void enqueue(struct pgpool *p, int named, const char *sql, int nparams,
+                    const char *const *params, pgpool_cb cb, void *arg)
 {
     struct pgquery *q = xcalloc(1, sizeof(*q));
     q->sql = xstrdup(sql);
+    q->named = named;
     q->nparams = nparams;
     q->params = xcalloc((size_t)(nparams ? nparams : 1), sizeof(char *));
     for (int i = 0; i < nparams; i++)
@@ -360,6 +405,28 @@ void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
     p->tail = q;
     p->waiting++;
     event_active(p->kick, 0, 0);
+}
+
+void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *params,
+                  pgpool_cb cb, void *arg)
+{
+    enqueue(p, 0, sql, nparams, params, cb, arg);
+}
+
+void pgpool_query_named(struct pgpool *p, const char *name, const char *sql, int nparams,
+                        const char *const *params, pgpool_cb cb, void *arg)
+{
+    int i = 0;
+    while (i < p->nnames && strcmp(p->names[i], name) != 0)
+        i++;
+    if (i == p->nnames) {
+        if (p->nnames == PGPOOL_MAX_NAMED) {
+            enqueue(p, 0, sql, nparams, params, cb, arg); /* unprepared, still right */
+            return;
+        }
+        p->names[p->nnames++] = name;
+    }
+    enqueue(p, i + 1, sql, nparams, params, cb, arg);
 }
 
 int pgpool_busy(const struct pgpool *p)

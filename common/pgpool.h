@@ -30,6 +30,12 @@ void pgpool_free(struct pgpool *p);
 void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *params,
                   pgpool_cb cb, void *arg);
 
+/* Same, for a statement run often: prepared once per connection under
+ * name (a string that outlives the pool; one name, one SQL text), then
+ * executed without being parsed and planned again. */
+void pgpool_query_named(struct pgpool *p, const char *name, const char *sql, int nparams,
+                        const char *const *params, pgpool_cb cb, void *arg);
+
 /* Number of queries waiting or running. */
 int pgpool_busy(const struct pgpool *p);
 

@@ -19,8 +19,6 @@ ALTER TABLE deliveries
 -- Inbound bodies carry what the event said beyond the text: a gather's
 -- question index and confidence, a keyword's meaning, the provider's ids.
 ALTER TABLE messages ADD COLUMN meta jsonb;
-CREATE INDEX messages_provider_msg ON messages (provider_message_id)
-    WHERE provider_message_id IS NOT NULL;
 
 -- Webhook events already applied, by the provider's own dedupe key
 -- (MessageSid/CallSid + status, sg_event_id, ...). Repeated callbacks find
@@ -32,3 +30,38 @@ CREATE TABLE inbound_seen (
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX inbound_seen_age ON inbound_seen (seen_at);
+
+-- messages gets a row per send (outbound body) and per reply: its two
+-- row-by-row foreign-key checks cost a third of the worker's outcome write.
+-- Both references hold by construction (the worker inserts messages for the
+-- deliveries it has just updated, the inbound consumer for deliveries it
+-- has found), so, as for deliveries in 0007, statement-level triggers keep
+-- the cascades: a delivery, customer or tenant deleted takes its messages.
+ALTER TABLE messages DROP CONSTRAINT messages_delivery_id_fkey;
+ALTER TABLE messages DROP CONSTRAINT messages_tenant_id_fkey;
+
+CREATE FUNCTION crier_deliveries_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM messages m USING gone g WHERE m.delivery_id = g.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER deliveries_messages_cascade AFTER DELETE ON deliveries
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION crier_deliveries_deleted();
+
+CREATE FUNCTION crier_customers_messages_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM messages m USING gone g
+     WHERE m.tenant_id = g.tenant_id AND m.customer_id = g.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER customers_messages_cascade AFTER DELETE ON customers
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+    EXECUTE FUNCTION crier_customers_messages_deleted();
+
+CREATE FUNCTION crier_tenants_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM messages m USING gone g WHERE m.tenant_id = g.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tenants_messages_cascade AFTER DELETE ON tenants
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION crier_tenants_deleted();

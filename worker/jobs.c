@@ -274,6 +274,7 @@ struct claim {
 static void claim_free(struct claim *c)
 {
     c->w->claiming -= c->n;
+    c->w->claims_running--;
     pgarr_cleanup(&c->ids);
     pgarr_cleanup(&c->tenants);
     free(c->e);
@@ -365,7 +366,7 @@ static void claim_done(void *arg, PGresult *res, const char *errmsg, const char 
 static void start_claim(struct claim *c)
 {
     const char *p[] = {pgarr_str(&c->ids), pgarr_str(&c->tenants), c->w->consumer};
-    pgpool_query(c->w->pool, sql_claim, 3, p, claim_done, c);
+    pgpool_query_named(c->w->pool, "claim", sql_claim, 3, p, claim_done, c);
 }
 
 static void orphans_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
@@ -411,6 +412,7 @@ static void process_entries(struct worker *w, int ch, redisReply *entries, bool 
     pgarr_init(&c->ids, (size_t)n * 24 + 8);
     pgarr_init(&c->tenants, (size_t)n * 24 + 8);
     w->claiming += n;
+    w->claims_running++;
     int valid = 0;
     char **bad = xcalloc((size_t)n, sizeof(char *));
     int nbad = 0;
@@ -518,6 +520,11 @@ void jobs_maybe_read(struct worker *w)
     /* Sends in flight are bounded by the concurrency; outcomes not yet
      * written by a separate backlog bound, so a slow database slows the
      * reading instead of growing memory. */
+    /* One claim statement at a time: while it runs, jobs wait in the
+     * stream and the next claim takes them all in one statement (the
+     * statement's cost is mostly per statement, not per row). */
+    if (w->claims_running > 0)
+        return;
     long room = w->cfg->concurrency - w->inflight - w->claiming;
     long step = w->cfg->batch < w->cfg->concurrency ? w->cfg->batch : w->cfg->concurrency;
     if (room < step / 4 + 1 || w->noutcomes + w->writing >= 4 * w->cfg->batch)
@@ -590,6 +597,7 @@ static void write_done(void *arg, PGresult *res, const char *errmsg, const char 
     struct worker *w = wr->w;
     (void)sqlstate;
     w->writing -= wr->n;
+    w->writes_running--;
     if (!res) {
         /* Keep them: the next flush tries again. Their jobs stay unacked. */
         log_warn("writing %d outcomes failed (%s); will retry", wr->n, errmsg);
@@ -626,12 +634,15 @@ static void write_done(void *arg, PGresult *res, const char *errmsg, const char 
         free(wr->o[i].body);
     free(wr->o);
     free(wr);
+    jobs_flush(w);
     jobs_maybe_read(w);
 }
 
 void jobs_flush(struct worker *w)
 {
-    if (w->noutcomes == 0)
+    /* One write statement at a time (group commit): outcomes arriving
+     * while it runs go together in the next one. */
+    if (w->noutcomes == 0 || w->writes_running > 0)
         return;
     int n = w->noutcomes;
     struct pgarr a[10];
@@ -671,12 +682,13 @@ void jobs_flush(struct worker *w)
         memcpy(wr->o, w->outcomes, (size_t)n * sizeof(*wr->o));
         w->noutcomes = 0;
         w->writing += n;
+        w->writes_running++;
         const char *p[11];
         for (int i = 0; i < 9; i++)
             p[i] = pgarr_str(&a[i]);
         p[9] = w->consumer;
         p[10] = pgarr_str(&a[9]);
-        pgpool_query(w->pool, sql_outcomes, 11, p, write_done, wr);
+        pgpool_query_named(w->pool, "outcomes", sql_outcomes, 11, p, write_done, wr);
     }
     for (int i = 0; i < 10; i++)
         pgarr_cleanup(&a[i]);

@@ -70,6 +70,30 @@ struct sock {
 
 static void check_done(struct worker *w);
 static void send_free(struct send *s);
+
+/* Finished transfers' easy handles, reset and kept for the next sends: a
+ * new handle costs its buffers' allocations on every send. The worker is
+ * single-threaded; the pool holds at most the sends that can be in flight. */
+#define EASY_POOL_MAX 4096
+static CURL *easy_pool[EASY_POOL_MAX];
+static int easy_pooled;
+
+static CURL *easy_get(void)
+{
+    return easy_pooled ? easy_pool[--easy_pooled] : curl_easy_init();
+}
+
+/* Takes back a handle that is in no multi handle. */
+static void easy_put(CURL *c)
+{
+    if (easy_pooled == EASY_POOL_MAX) {
+        curl_easy_cleanup(c);
+        return;
+    }
+    curl_easy_reset(c);
+    easy_pool[easy_pooled++] = c;
+}
+
 static void rate_pause(struct worker *w, struct account *a, long retry_after_s);
 
 static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
@@ -185,6 +209,8 @@ void send_cleanup(struct worker *w)
         memset(a->smtp_pass, 0, sizeof(a->smtp_pass));
         free(a);
     }
+    while (easy_pooled > 0)
+        curl_easy_cleanup(easy_pool[--easy_pooled]);
     curl_global_cleanup();
 }
 
@@ -402,7 +428,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 static void send_free(struct send *s)
 {
     if (s->easy)
-        curl_easy_cleanup(s->easy);
+        easy_put(s->easy);
     curl_mime_free(s->mime);
     curl_slist_free_all(s->rcpt);
     curl_slist_free_all(s->headers);
@@ -974,7 +1000,7 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     } else {
         fe = twilio_sms_form(&form, to, a->from, o.body, callback);
     }
-    if (fe != CR_OK || !(s->easy = curl_easy_init()) ||
+    if (fe != CR_OK || !(s->easy = easy_get()) ||
         (smtp && smtp_setup(w, s, a, &m, to, unsub) != CR_OK)) {
         email_cleanup(&m);
         free(json);

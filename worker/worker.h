@@ -103,10 +103,11 @@ struct worker {
 
     CURLM *multi;
     struct event *curl_timer;
-    int inflight; /* sends in curl */
-    int claiming; /* jobs whose claim statement is running */
-    int writing;  /* outcomes whose write statement is running */
-    bool reading; /* an XREADGROUP is outstanding */
+    int inflight;                       /* sends in curl */
+    int claiming;                       /* jobs whose claim statement is running */
+    int writing;                        /* outcomes whose write statement is running */
+    int claims_running, writes_running; /* statements, at most one each */
+    bool reading;                       /* an XREADGROUP is outstanding */
     bool stopping;
     struct event *flush_timer, *tick, *sigterm, *sigint, *grace;
 

@@ -17,12 +17,20 @@ cmake --build "$BUILD" -j"$(nproc)" >/dev/null
 STACK=$(mktemp -d /tmp/crier-bench.XXXXXX)
 chmod 755 "$STACK"
 bench_cleanup() {
+  # CRIER_BENCH_PGLOG=FILE keeps PostgreSQL's server log.
+  if [ -n "${CRIER_BENCH_PGLOG:-}" ]; then cp "$(readlink -f "$STACK/pg")/server.log" "$CRIER_BENCH_PGLOG" 2>/dev/null || true; fi
   "$ROOT/deploy/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
   rm -rf "$STACK"
 }
 # tests/lib.sh chains an EXIT trap set before it is sourced.
 trap bench_cleanup EXIT
 "$ROOT/deploy/stack.sh" start "$STACK" >/dev/null
+# CRIER_BENCH_PGCONF="name=value ..." sets server parameters for this run
+# (e.g. log_min_duration_statement=0 with CRIER_BENCH_PGLOG).
+for kv in ${CRIER_BENCH_PGCONF:-}; do
+  (. "$STACK/env" && psql -X -q "$CRIER_TEST_PG_ADMIN_URL" -c "ALTER SYSTEM SET ${kv%%=*} = '${kv#*=}'" \
+    -c "SELECT pg_reload_conf()" >/dev/null)
+done
 
 export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
 export CRIER_TEST_TMP=$STACK/run
