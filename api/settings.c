@@ -1,5 +1,6 @@
 /* settings.c - a tenant's contact policy: its settings (frequency cap,
- * default time zone) and its suppression list.
+ * default time zone, whether an email left ambiguous by a dead worker may
+ * be sent again) and its suppression list.
  *
  * The frequency cap limits contacts per customer over any rolling 7 days,
  * across campaigns; a suppressed address is never contacted on its channel.
@@ -14,19 +15,21 @@
 #include "api.h"
 #include "phone.h"
 
-static const char sql_settings_get[] =
-    "SELECT json_build_object('tenant_id', id, 'name', name, 'default_timezone',"
-    "  default_timezone, 'frequency_cap_7d', frequency_cap_7d)"
-    " FROM tenants WHERE id = $1";
+#define SETTINGS_JSON                                                                              \
+    "json_build_object('tenant_id', id, 'name', name, 'default_timezone', default_timezone,"       \
+    " 'frequency_cap_7d', frequency_cap_7d, 'email_resend_unknown', email_resend_unknown)"
 
-/* $2 set the cap?, $3 the cap (NULL removes it), $4 time zone or NULL. */
+static const char sql_settings_get[] = "SELECT " SETTINGS_JSON " FROM tenants WHERE id = $1";
+
+/* $2 set the cap?, $3 the cap (NULL removes it), $4 time zone or NULL,
+ * $5 email_resend_unknown or NULL. */
 static const char sql_settings_patch[] =
     "UPDATE tenants SET"
     "  frequency_cap_7d = CASE WHEN $2::boolean THEN $3::int ELSE frequency_cap_7d END,"
-    "  default_timezone = COALESCE($4, default_timezone)"
+    "  default_timezone = COALESCE($4, default_timezone),"
+    "  email_resend_unknown = COALESCE($5::boolean, email_resend_unknown)"
     " WHERE id = $1"
-    " RETURNING json_build_object('tenant_id', id, 'name', name, 'default_timezone',"
-    "  default_timezone, 'frequency_cap_7d', frequency_cap_7d)";
+    " RETURNING " SETTINGS_JSON;
 
 #define SUPPRESSION_JSON_COLUMNS "id, channel, address, reason, created_at"
 
@@ -75,7 +78,8 @@ void settings_get(struct api_req *r)
 
 void settings_patch(struct api_req *r)
 {
-    static const char *const keys[] = {"frequency_cap_7d", "default_timezone", NULL};
+    static const char *const keys[] = {"frequency_cap_7d", "default_timezone",
+                                       "email_resend_unknown", NULL};
     cJSON *in = http_body_json_or_reply(r);
     if (!in)
         return;
@@ -108,11 +112,19 @@ void settings_patch(struct api_req *r)
                          "default_timezone");
         return;
     }
+    const cJSON *resend = cJSON_GetObjectItemCaseSensitive(in, "email_resend_unknown");
+    if (resend && !cJSON_IsBool(resend)) {
+        cJSON_Delete(in);
+        http_reply_error(r, 400, "invalid_field", "email_resend_unknown must be true or false",
+                         "email_resend_unknown");
+        return;
+    }
     char tenant[24];
     snprintf(tenant, sizeof(tenant), "%lld", r->tenant_id);
     const char *params[] = {tenant, cap ? "true" : "false", capv[0] ? capv : NULL,
-                            tz ? tz->valuestring : NULL};
-    pgpool_query(r->app->pg, sql_settings_patch, 4, params, settings_done, r);
+                            tz ? tz->valuestring : NULL,
+                            resend ? (cJSON_IsTrue(resend) ? "true" : "false") : NULL};
+    pgpool_query(r->app->pg, sql_settings_patch, 5, params, settings_done, r);
     cJSON_Delete(in);
 }
 

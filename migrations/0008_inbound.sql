@@ -65,3 +65,9 @@ BEGIN
 END $$;
 CREATE TRIGGER tenants_messages_cascade AFTER DELETE ON tenants
     REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION crier_tenants_deleted();
+
+-- Email may opt in to a resend of sends left ambiguous by a dead worker
+-- (DESIGN.md: "per-channel policy may allow a resend for email only"): a
+-- tenant that sets it accepts a possible duplicate email rather than an
+-- 'unknown'. Off by default; SMS and calls are never resent.
+ALTER TABLE tenants ADD COLUMN email_resend_unknown boolean NOT NULL DEFAULT false;

@@ -96,13 +96,21 @@ static const char sql_claim[] =
  * their entries are held - left pending, reclaimed again later - never
  * acknowledged while a send may be under way (an entry is reclaimed after
  * 60 s idle, but its claim may be a moment younger than its read). */
+/* An email whose tenant opted in (tenants.email_resend_unknown) goes back
+ * to 'retry', due now: the claim that follows sends it again. */
 static const char sql_orphans[] =
-    "WITH o AS (UPDATE deliveries SET status = 'unknown',"
+    "WITH o AS (UPDATE deliveries d SET"
+    "   status = CASE WHEN d.channel = 'email' AND t.email_resend_unknown"
+    "     THEN 'retry' ELSE 'unknown' END,"
+    "   next_attempt_at = CASE WHEN d.channel = 'email' AND t.email_resend_unknown"
+    "     THEN now() END,"
     "   last_error = 'worker died during the send', updated_at = now()"
-    "   WHERE id = ANY($1::bigint[]) AND tenant_id = ANY($2::bigint[]) AND status = 'sending'"
-    "     AND claimed_at < now() - make_interval(secs => $3::int)"
-    "   RETURNING id)"
-    " SELECT id, 'u' FROM o"
+    "   FROM tenants t"
+    "   WHERE d.id = ANY($1::bigint[]) AND d.tenant_id = ANY($2::bigint[])"
+    "     AND d.status = 'sending' AND t.id = d.tenant_id"
+    "     AND d.claimed_at < now() - make_interval(secs => $3::int)"
+    "   RETURNING d.id, d.status)"
+    " SELECT id, CASE WHEN status = 'retry' THEN 'r' ELSE 'u' END FROM o"
     " UNION ALL"
     " SELECT d.id, 'h' FROM deliveries d WHERE d.id = ANY($1::bigint[])"
     "   AND d.tenant_id = ANY($2::bigint[]) AND d.status = 'sending'"
@@ -147,8 +155,6 @@ static const char sql_outcomes[] =
     "  || COALESCE(k.rate_per_minute, 0)"
     " FROM upd JOIN campaigns k ON k.tenant_id = upd.tenant_id AND k.id = upd.campaign_id"
     " WHERE upd.status = 'retry'";
-
-#define ORPHAN_AGE_S 60
 
 /* ---------------------------------------------------------------------
  * Redis connections
@@ -378,10 +384,12 @@ static void orphans_done(void *arg, PGresult *res, const char *errmsg, const cha
         claim_free(c);
         return;
     }
-    int orphans = 0, held = 0;
+    int orphans = 0, held = 0, resent = 0;
     for (int r = 0; r < PQntuples(res); r++) {
-        if (PQgetvalue(res, r, 1)[0] == 'u') {
-            orphans++;
+        char kind = PQgetvalue(res, r, 1)[0];
+        if (kind == 'u' || kind == 'r') { /* unknown (acked below), or claimed again below */
+            orphans += kind == 'u';
+            resent += kind == 'r';
             continue;
         }
         long long id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
@@ -393,6 +401,10 @@ static void orphans_done(void *arg, PGresult *res, const char *errmsg, const cha
     }
     if (orphans > 0)
         log_warn("%d deliveries orphaned by a dead worker marked unknown", orphans);
+    if (resent > 0)
+        log_warn("%d emails orphaned by a dead worker sent again (the tenant's "
+                 "email_resend_unknown)",
+                 resent);
     if (held > 0)
         log_info("%d reclaimed jobs held: their claim is too recent to call", held);
     start_claim(c);
@@ -446,7 +458,7 @@ static void process_entries(struct worker *w, int ch, redisReply *entries, bool 
     }
     if (reclaimed) {
         char age[16];
-        snprintf(age, sizeof(age), "%d", ORPHAN_AGE_S);
+        snprintf(age, sizeof(age), "%ld", w->cfg->orphan_age_s);
         const char *p[] = {pgarr_str(&c->ids), pgarr_str(&c->tenants), age};
         pgpool_query(w->pool, sql_orphans, 3, p, orphans_done, c);
     } else {
@@ -509,7 +521,7 @@ void jobs_reclaim(struct worker *w)
         w->reclaims[ch].ch = ch;
         redisAsyncCommand(w->wr, on_reclaim, &w->reclaims[ch],
                           "XAUTOCLAIM %s workers %s %d 0-0 COUNT %ld", w->keys.jobs[ch],
-                          w->consumer, ORPHAN_AGE_S * 1000, w->cfg->batch);
+                          w->consumer, w->cfg->orphan_age_s * 1000, w->cfg->batch);
     }
 }
 

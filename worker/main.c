@@ -45,6 +45,10 @@ static const struct cfg_row worker_rows[] = {
      0, 0, "attempts before a retryable failure becomes failed (and goes to the DLQ)"},
     {"CRIER_RETRY_BASE_MS", CFG_INT, offsetof(struct worker_config, retry_base_ms), "5000", 10,
      600000, NULL, 0, 0, "first retry's delay; doubled per attempt (to 1 h), jitter +-25 %"},
+    {"CRIER_ORPHAN_AGE_S", CFG_INT, offsetof(struct worker_config, orphan_age_s), "60", 2, 3600,
+     NULL, 0, 0,
+     "a job pending this long is reclaimed by a live worker; keep it above "
+     "CRIER_SEND_TIMEOUT_MS"},
     {"CRIER_WORKER_FLUSH_MS", CFG_INT, offsetof(struct worker_config, flush_ms), "20", 1, 5000,
      NULL, 0, 0, "longest an outcome waits before its batch is written"},
     {"CRIER_SHUTDOWN_GRACE", CFG_INT, offsetof(struct worker_config, shutdown_grace_s), "30", 0,
@@ -115,6 +119,16 @@ int main(int argc, char **argv)
                  "usage: crier-worker [--help]\n\nClaims jobs and places the sends.", err,
                  sizeof(err)) != CR_OK) {
         fprintf(stderr, "crier-worker: %s\n", err);
+        return 2;
+    }
+    /* A job idle in the stream longer than the orphan age is taken by
+     * another worker: a live send - up to 10 s in its account's queue, then
+     * the request - must be over well before. */
+    if (cfg.orphan_age_s * 1000 < cfg.send_timeout_ms + 15000) {
+        fprintf(stderr,
+                "crier-worker: CRIER_ORPHAN_AGE_S (%ld s) must exceed CRIER_SEND_TIMEOUT_MS "
+                "(%ld ms) by 15 s at least\n",
+                cfg.orphan_age_s, cfg.send_timeout_ms);
         return 2;
     }
     log_init("crier-worker", (enum log_level)cfg.log_level, (enum log_format)cfg.log_format);

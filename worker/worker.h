@@ -42,6 +42,7 @@ struct worker_config {
     long connect_timeout_ms;
     long max_attempts;
     long retry_base_ms;
+    long orphan_age_s; /* a job idle this long is reclaimed; its send, if any, is over */
     long flush_ms;
     long shutdown_grace_s;
     int log_level;
