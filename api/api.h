@@ -19,6 +19,7 @@
 #define API_MAX_JSON_BODY (1L << 20)    /* ordinary JSON requests */
 #define API_MAX_IMPORT_BODY (64L << 20) /* NDJSON/CSV imports */
 #define API_IMPORT_MAX_ERRORS 100       /* per-line errors reported */
+#define API_MAX_FORM_BODY (8L << 10)    /* small form posts (unsubscribe) */
 
 struct api_config {
     char *database_url;
@@ -60,6 +61,8 @@ struct app {
     struct auth_cache *auth;
     struct tzdb *tzdb;  /* time zone names PostgreSQL knows (tzdb.c) */
     uint8_t secret[32]; /* CRIER_SECRET_KEY: seals provider credentials */
+    /* webhook verification secrets per tenant (webhooks.c) */
+    struct webhooks_cache *webhooks;
 };
 
 /* One HTTP request being handled. Created by the router, freed by the
@@ -89,6 +92,9 @@ struct api_req {
 /* ---- response door (http.c) ---- */
 void http_reply_json(struct api_req *r, int status, cJSON *body); /* takes body */
 void http_reply_raw_json(struct api_req *r, int status, const char *json);
+/* A body of another media type (TwiML, HTML), e.g. "text/xml". */
+void http_reply_text(struct api_req *r, int status, const char *content_type, const char *body,
+                     size_t len);
 /* field may be NULL. */
 void http_reply_error(struct api_req *r, int status, const char *code, const char *message,
                       const char *field);
@@ -198,5 +204,31 @@ void providers_list(struct api_req *r);
 void providers_get(struct api_req *r);
 void providers_patch(struct api_req *r);
 void providers_delete(struct api_req *r);
+/* deliveries.c */
+void deliveries_get(struct api_req *r);
+void deliveries_outcome(struct api_req *r);
+/* unsubscribe.c: signed-token opt-out pages (no API key) */
+void unsubscribe_show(struct api_req *r);
+void unsubscribe_post(struct api_req *r);
+/* voice.c: a call's TwiML (Twilio-signed) */
+void voice_twiml(struct api_req *r);
+void voice_gather(struct api_req *r);
+/* webhooks.c: provider callbacks, authenticated by the provider's signature */
+void webhooks_twilio_sms(struct api_req *r);
+void webhooks_twilio_status(struct api_req *r);
+void webhooks_sendgrid_events(struct api_req *r);
+/* For a Twilio callback route ({id} = tenant): true when X-Twilio-Signature
+ * verifies for CRIER_PUBLIC_URL + path + query with one of the tenant's
+ * Twilio auth tokens (the AccountSid parameter picks the account); sets
+ * r->tenant_id. False when it took the request over: it answered (403, 503)
+ * or it waits for the tenant's secrets and then calls r->handler(r) again -
+ * so a handler calls it first, before any side effect, and returns on false. */
+bool webhooks_twilio_ok(struct api_req *r);
+/* Appends the verified request to the inbound stream (kind K tenant T at MS
+ * body RAW, then the nextra strings of extra as name value pairs, at most
+ * 16) and calls done(r) once Redis has it; replies 503 when Redis is down. */
+void webhooks_enqueue(struct api_req *r, const char *kind, const char *const *extra, int nextra,
+                      void (*done)(struct api_req *r));
+void webhooks_cache_free(struct webhooks_cache *c);
 
 #endif

@@ -10,14 +10,17 @@
 #include "api.h"
 #include "log.h"
 
-static void send_and_free(struct api_req *r, int status, const char *body, size_t len)
+/* JSON bodies end with a line break (newline); other types are sent as given. */
+static void send_typed(struct api_req *r, int status, const char *ctype, const char *body,
+                       size_t len, bool newline)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
-    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(h, "Content-Type", ctype);
     evhttp_add_header(h, "Cache-Control", "no-store");
     struct evbuffer *out = evbuffer_new();
     evbuffer_add(out, body, len);
-    evbuffer_add(out, "\n", 1);
+    if (newline)
+        evbuffer_add(out, "\n", 1);
     evhttp_send_reply(r->req, status, NULL, out);
     evbuffer_free(out);
     struct timeval now, d;
@@ -45,14 +48,20 @@ void http_request_free(struct api_req *r)
 
 void http_reply_raw_json(struct api_req *r, int status, const char *json)
 {
-    send_and_free(r, status, json, strlen(json));
+    send_typed(r, status, "application/json", json, strlen(json), true);
+}
+
+void http_reply_text(struct api_req *r, int status, const char *content_type, const char *body,
+                     size_t len)
+{
+    send_typed(r, status, content_type, body, len, false);
 }
 
 void http_reply_json(struct api_req *r, int status, cJSON *body)
 {
     char *s = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
-    send_and_free(r, status, s, strlen(s));
+    send_typed(r, status, "application/json", s, strlen(s), true);
     free(s);
 }
 

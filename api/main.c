@@ -151,6 +151,7 @@ int main(int argc, char **argv)
     /* The pool first: its pending callbacks answer their requests, which
      * must still be alive; then the server frees its connections. */
     pgpool_free(app.pg);
+    webhooks_cache_free(app.webhooks); /* after the pool: its loads answered their requests */
     evhttp_free(app.http);
     redis_link_stop(&app);
     auth_cache_free(app.auth);

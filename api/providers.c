@@ -3,7 +3,9 @@
  * Secrets (Twilio auth token, SendGrid API key, SMTP password) are sealed
  * with AES-256-GCM under CRIER_SECRET_KEY before they reach PostgreSQL and
  * are never returned or logged; the non-secret part of the configuration
- * (account SID, SMTP host...) is kept in settings and shown. */
+ * (account SID, SMTP host...) is kept in settings and shown. A SendGrid
+ * account's settings may also hold webhook_public_key, the Event Webhook's
+ * verification key (public: shown), set through "settings". */
 #include <sys/queue.h>
 
 #include <event2/keyvalq_struct.h>
@@ -13,6 +15,7 @@
 #include "api.h"
 #include "crypto.h"
 #include "phone.h"
+#include "websig.h"
 #include "xalloc.h"
 
 #define PROVIDER_JSON_COLUMNS                                                                      \
@@ -42,7 +45,8 @@ static const char sql_get[] = "SELECT row_to_json(x) FROM (SELECT " PROVIDER_JSO
                               " FROM provider_accounts WHERE tenant_id = $1 AND id = $2) x";
 
 /* $3 name, $4 from, $5 rate, $6 is_default, $7 sealed credentials,
- * $8 settings (replace when credentials change). */
+ * $8 settings derived from new credentials (replace those; the settings
+ * set through "settings" stay), $9 "settings" changes (null removes). */
 static const char sql_patch[] =
     "WITH cur AS (SELECT id, channel FROM provider_accounts WHERE tenant_id = $1 AND id = $2),"
     " demote AS (UPDATE provider_accounts p SET is_default = false, updated_at = now()"
@@ -52,7 +56,10 @@ static const char sql_patch[] =
     "   from_address = COALESCE($4, p.from_address),"
     "   rate_per_second = COALESCE($5::int, p.rate_per_second),"
     "   is_default = COALESCE($6::boolean, p.is_default),"
-    "   credentials = COALESCE($7, p.credentials), settings = COALESCE($8::jsonb, p.settings),"
+    "   credentials = COALESCE($7, p.credentials),"
+    "   settings = jsonb_strip_nulls(COALESCE($8::jsonb, p.settings - 'webhook_public_key')"
+    "     || jsonb_build_object('webhook_public_key', p.settings -> 'webhook_public_key')"
+    "     || COALESCE($9::jsonb, '{}')),"
     "   updated_at = now()"
     "   FROM cur WHERE p.id = cur.id RETURNING p.*)"
     " SELECT row_to_json((SELECT x FROM (SELECT " PROVIDER_JSON_COLUMNS ") x)) FROM upd";
@@ -190,6 +197,35 @@ static int check_from(const char *channel, const cJSON *v, char *out, size_t out
     return 0;
 }
 
+/* Checks the optional "settings" object: only a SendGrid account has one
+ * setting, webhook_public_key (the Event Webhook's verification key as
+ * SendGrid shows it: base64 DER of a P-256 public key; null removes it). */
+static int check_settings(const char *kind, const cJSON *s, struct perr *e)
+{
+    if (!s)
+        return 0;
+    if (!cJSON_IsObject(s))
+        return pfail(e, "settings", "settings must be an object");
+    static const char *const sendgrid_settings[] = {"webhook_public_key", NULL};
+    static const char *const none[] = {NULL};
+    const char *bad = http_unknown_key(s, !strcmp(kind, "sendgrid") ? sendgrid_settings : none);
+    if (bad) {
+        char f[96];
+        snprintf(f, sizeof(f), "settings.%.60s", bad);
+        return pfail(e, f, "unknown setting for this kind");
+    }
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(s, "webhook_public_key");
+    struct websig_key *k = NULL;
+    if (key && !cJSON_IsNull(key) &&
+        (!cJSON_IsString(key) || strlen(key->valuestring) > 1024 ||
+         websig_key_parse(key->valuestring, &k) != CR_OK))
+        return pfail(e, "settings.webhook_public_key",
+                     "webhook_public_key must be the Event Webhook's verification key as SendGrid "
+                     "shows it: base64 DER of a P-256 (prime256v1) public key");
+    websig_key_free(k);
+    return 0;
+}
+
 static int check_common(const cJSON *in, struct perr *e)
 {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(in, "name");
@@ -248,8 +284,9 @@ static const char *bool_param(const cJSON *v)
 
 void providers_create(struct api_req *r)
 {
-    static const char *const keys[] = {"channel",         "kind",       "name",        "from",
-                                       "rate_per_second", "is_default", "credentials", NULL};
+    static const char *const keys[] = {
+        "channel",    "kind",        "name",     "from", "rate_per_second",
+        "is_default", "credentials", "settings", NULL};
     cJSON *in = http_body_json_or_reply(r);
     if (!in)
         return;
@@ -276,6 +313,9 @@ void providers_create(struct api_req *r)
     else
         rc = check_credentials(kind, cJSON_GetObjectItemCaseSensitive(in, "credentials"), &e,
                                &sealed_doc, &settings);
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(in, "settings");
+    if (rc == 0)
+        rc = check_settings(kind, js, &e);
     if (rc != 0) {
         http_reply_error(r, 422, "invalid_field", e.msg, e.field);
         goto out;
@@ -290,6 +330,9 @@ void providers_create(struct api_req *r)
     const cJSON *jr = cJSON_GetObjectItemCaseSensitive(in, "rate_per_second");
     if (jr)
         snprintf(rate, sizeof(rate), "%ld", (long)jr->valuedouble);
+    const cJSON *wk = cJSON_GetObjectItemCaseSensitive(js, "webhook_public_key");
+    if (cJSON_IsString(wk))
+        cJSON_AddStringToObject(settings, "webhook_public_key", wk->valuestring);
     char *settings_text = cJSON_PrintUnformatted(settings);
     const char *params[] = {
         tenant,       channel,
@@ -345,14 +388,15 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
     (void)sqlstate;
     if (!http_one_row_or_reply(r, res, errmsg, "provider account"))
         return;
-    static const char *const keys[] = {"name",       "from",        "rate_per_second",
-                                       "is_default", "credentials", NULL};
+    static const char *const keys[] = {
+        "name", "from", "rate_per_second", "is_default", "credentials", "settings", NULL};
     const char *kind = PQgetvalue(res, 0, 0), *channel = PQgetvalue(res, 0, 1);
     struct perr e = {"", ""};
     cJSON *sealed_doc = NULL, *settings = NULL;
     char from[328] = "";
     const cJSON *jf = cJSON_GetObjectItemCaseSensitive(in, "from");
     const cJSON *jc = cJSON_GetObjectItemCaseSensitive(in, "credentials");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(in, "settings");
     const char *bad = http_unknown_key(in, keys);
     int rc = 0;
     if (bad)
@@ -364,6 +408,8 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
         rc = -1;
     else if (jc)
         rc = check_credentials(kind, jc, &e, &sealed_doc, &settings);
+    if (rc == 0)
+        rc = check_settings(kind, js, &e);
     if (rc != 0) {
         cJSON_Delete(sealed_doc);
         cJSON_Delete(settings);
@@ -372,6 +418,7 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
     }
     char *sealed = sealed_doc ? seal(r->app, sealed_doc) : NULL;
     char *settings_text = jc && settings ? cJSON_PrintUnformatted(settings) : NULL;
+    char *settings_patch = js ? cJSON_PrintUnformatted(js) : NULL;
     char tenant[24], id[24], rate[24];
     http_id_params(r, tenant, id);
     const cJSON *jr = cJSON_GetObjectItemCaseSensitive(in, "rate_per_second");
@@ -385,10 +432,12 @@ static void patch_loaded(void *arg, PGresult *res, const char *errmsg, const cha
                             jr ? rate : NULL,
                             bool_param(cJSON_GetObjectItemCaseSensitive(in, "is_default")),
                             sealed,
-                            settings_text};
-    pgpool_query(r->app->pg, sql_patch, 8, params, fetched, r);
+                            settings_text,
+                            settings_patch};
+    pgpool_query(r->app->pg, sql_patch, 9, params, fetched, r);
     free(sealed);
     free(settings_text);
+    free(settings_patch);
     cJSON_Delete(sealed_doc);
     cJSON_Delete(settings);
 }

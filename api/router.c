@@ -59,6 +59,19 @@ static const struct route routes[] = {
     {EVHTTP_REQ_GET, "/v1/provider-accounts/{id}", true, 0, providers_get},
     {EVHTTP_REQ_PATCH, "/v1/provider-accounts/{id}", true, API_MAX_JSON_BODY, providers_patch},
     {EVHTTP_REQ_DELETE, "/v1/provider-accounts/{id}", true, 0, providers_delete},
+    {EVHTTP_REQ_GET, "/v1/deliveries/{id}", true, 0, deliveries_get},
+    {EVHTTP_REQ_POST, "/v1/deliveries/{id}/outcome", true, API_MAX_JSON_BODY, deliveries_outcome},
+    {EVHTTP_REQ_GET, "/v1/unsubscribe", false, 0, unsubscribe_show},
+    {EVHTTP_REQ_POST, "/v1/unsubscribe", false, API_MAX_FORM_BODY, unsubscribe_post},
+    {EVHTTP_REQ_POST, "/v1/webhooks/{id}/twilio/voice", false, API_MAX_JSON_BODY, voice_twiml},
+    {EVHTTP_REQ_GET, "/v1/webhooks/{id}/twilio/voice", false, 0, voice_twiml},
+    {EVHTTP_REQ_POST, "/v1/webhooks/{id}/twilio/gather", false, API_MAX_JSON_BODY, voice_gather},
+    {EVHTTP_REQ_POST, "/v1/webhooks/{id}/twilio/sms", false, API_MAX_JSON_BODY,
+     webhooks_twilio_sms},
+    {EVHTTP_REQ_POST, "/v1/webhooks/{id}/twilio/status", false, API_MAX_JSON_BODY,
+     webhooks_twilio_status},
+    {EVHTTP_REQ_POST, "/v1/webhooks/{id}/sendgrid/events", false, API_MAX_JSON_BODY,
+     webhooks_sendgrid_events},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 

@@ -53,13 +53,22 @@ static const struct cfg_row worker_rows[] = {
      NULL, 0, 0, "longest an outcome waits before its batch is written"},
     {"CRIER_SHUTDOWN_GRACE", CFG_INT, offsetof(struct worker_config, shutdown_grace_s), "30", 0,
      600, NULL, 0, 0, "seconds SIGTERM waits for in-flight sends"},
+    {"CRIER_ATTRIBUTION_WINDOW_S", CFG_INT, offsetof(struct worker_config, attribution_window_s),
+     "604800", 60, 31536000, NULL, 0, 0,
+     "an inbound SMS counts as the reply to the customer's latest SMS sent this recently"},
+    {"CRIER_RECONCILE_AFTER_S", CFG_INT, offsetof(struct worker_config, reconcile_after_s), "900",
+     1, 604800, NULL, 0, 0, "a Twilio delivery 'sent' this long without a receipt is looked up"},
+    {"CRIER_RECONCILE_EVERY_S", CFG_INT, offsetof(struct worker_config, reconcile_every_s), "10", 1,
+     3600, NULL, 0, 0, "how often a worker looks for deliveries to reconcile"},
+    {"CRIER_RECONCILE_BATCH", CFG_INT, offsetof(struct worker_config, reconcile_batch), "100", 1,
+     10000, NULL, 0, 0, "deliveries a worker looks up per round"},
     CFG_COMMON_ROWS(struct worker_config),
 };
 #define NROWS (sizeof(worker_rows) / sizeof(worker_rows[0]))
 
 static void maybe_exit(struct worker *w)
 {
-    if (w->stopping && jobs_idle(w))
+    if (w->stopping && jobs_idle(w) && inbound_idle(w) && reconcile_idle(w))
         event_base_loopexit(w->base, NULL);
 }
 
@@ -84,6 +93,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     if (++ticks % 15 == 0)
         jobs_reclaim(w);
     jobs_maybe_read(w);
+    inbound_tick(w);
 }
 
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
@@ -159,6 +169,8 @@ int main(int argc, char **argv)
     }
     w.pool = pgpool_new(w.base, cfg.database_url, "crier-worker", (int)cfg.pg_pool_size, 30000);
     jobs_connect_redis(&w);
+    inbound_start(&w);
+    reconcile_start(&w);
 
     struct timeval flush_tv = {cfg.flush_ms / 1000, (cfg.flush_ms % 1000) * 1000};
     w.flush_timer = event_new(w.base, -1, EV_PERSIST, flush_cb, &w);
@@ -176,6 +188,8 @@ int main(int argc, char **argv)
     event_base_dispatch(w.base);
 
     log_info("worker %s stopping; %lld messages sent", w.consumer, w.sent_total);
+    inbound_free(&w);
+    reconcile_free(&w);
     if (w.rd)
         redisAsyncFree(w.rd);
     if (w.wr)

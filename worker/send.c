@@ -220,14 +220,13 @@ void send_cleanup(struct worker *w)
 
 /* The account's sealed credentials as JSON; the decrypted text is wiped
  * once parsed. NULL with the reason in why. */
-static cJSON *open_credentials(struct worker *w, PGresult *res, int row, long long id, char *why,
+static cJSON *open_credentials(struct worker *w, const char *sealed, long long id, char *why,
                                size_t whysz)
 {
     char *plain = NULL;
     size_t plen = 0;
     cJSON *creds = NULL;
-    if (w->have_secret && !PQgetisnull(res, row, COL_CREDS) &&
-        crypto_open(w->secret, PQgetvalue(res, row, COL_CREDS), &plain, &plen) == CR_OK)
+    if (w->have_secret && sealed && crypto_open(w->secret, sealed, &plain, &plen) == CR_OK)
         creds = cJSON_Parse(plain);
     if (plain) {
         memset(plain, 0, plen);
@@ -279,14 +278,9 @@ static bool account_fill(struct worker *w, struct account *a, const cJSON *creds
     return true;
 }
 
-static struct account *account_get(struct worker *w, PGresult *res, int row, char *why,
-                                   size_t whysz)
+struct account *send_account(struct worker *w, long long id, const char *kind, const char *from,
+                             const char *sealed, long rate_ps, bool voice, char *why, size_t whysz)
 {
-    if (PQgetisnull(res, row, COL_ACCOUNT)) {
-        snprintf(why, whysz, "campaign has no provider account");
-        return NULL;
-    }
-    long long id = strtoll(PQgetvalue(res, row, COL_ACCOUNT), NULL, 10);
     for (struct account *a = w->accounts; a; a = a->next)
         if (a->id == id)
             return a;
@@ -297,26 +291,21 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
                  {"twilio", ACCOUNT_TWILIO},
                  {"sendgrid", ACCOUNT_SENDGRID},
                  {"smtp", ACCOUNT_SMTP}};
-    const char *kind = PQgetvalue(res, row, COL_KIND);
     size_t k = 0;
     while (k < sizeof(kinds) / sizeof(kinds[0]) && strcmp(kinds[k].name, kind) != 0)
         k++;
     if (k == sizeof(kinds) / sizeof(kinds[0])) {
-        snprintf(why, whysz, "provider kind %s cannot send %s", kind,
-                 PQgetvalue(res, row, COL_CHANNEL));
+        snprintf(why, whysz, "provider kind %s cannot send", kind);
         return NULL;
     }
     struct account *a = xcalloc(1, sizeof(*a));
     a->id = id;
     a->kind = kinds[k].kind;
-    a->rate_ps = PQgetisnull(res, row, COL_ACCOUNT_RATE)
-                     ? 0
-                     : strtol(PQgetvalue(res, row, COL_ACCOUNT_RATE), NULL, 10);
-    snprintf(a->from, sizeof(a->from), "%s", PQgetvalue(res, row, COL_FROM));
+    a->rate_ps = rate_ps;
+    snprintf(a->from, sizeof(a->from), "%s", from);
     if (a->kind != ACCOUNT_SANDBOX) {
-        cJSON *creds = open_credentials(w, res, row, id, why, whysz);
-        bool ok = creds && account_fill(w, a, creds,
-                                        strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0);
+        cJSON *creds = open_credentials(w, sealed, id, why, whysz);
+        bool ok = creds && account_fill(w, a, creds, voice);
         if (creds && !ok)
             snprintf(why, whysz, "provider account %lld: credentials lack a field its kind needs",
                      id);
@@ -330,6 +319,23 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
     a->next = w->accounts;
     w->accounts = a;
     return a;
+}
+
+/* The account of a claimed row (its COL_ACCOUNT.. columns). */
+static struct account *account_get(struct worker *w, PGresult *res, int row, char *why,
+                                   size_t whysz)
+{
+    if (PQgetisnull(res, row, COL_ACCOUNT)) {
+        snprintf(why, whysz, "campaign has no provider account");
+        return NULL;
+    }
+    return send_account(w, strtoll(PQgetvalue(res, row, COL_ACCOUNT), NULL, 10),
+                        PQgetvalue(res, row, COL_KIND), PQgetvalue(res, row, COL_FROM),
+                        PQgetisnull(res, row, COL_CREDS) ? NULL : PQgetvalue(res, row, COL_CREDS),
+                        PQgetisnull(res, row, COL_ACCOUNT_RATE)
+                            ? 0
+                            : strtol(PQgetvalue(res, row, COL_ACCOUNT_RATE), NULL, 10),
+                        strcmp(PQgetvalue(res, row, COL_CHANNEL), "voice") == 0, why, whysz);
 }
 
 /* ---------------------------------------------------------------------
@@ -982,7 +988,8 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     if (email) {
         char token[UNSUB_TOKEN_MAX];
         long long customer = strtoll(PQgetvalue(res, row, COL_CUSTOMER), NULL, 10);
-        fe = unsub_token(w->secret, o.tenant_id, customer, "email", token, sizeof(token));
+        fe = unsub_token(w->secret, o.tenant_id, customer, "email", o.delivery_id,
+                         (long long)time(NULL) + UNSUB_TOKEN_TTL_S, token, sizeof(token));
         snprintf(unsub, sizeof(unsub), "%s/v1/unsubscribe?token=%s", w->cfg->public_url, token);
         if (!fe && a->kind == ACCOUNT_SENDGRID &&
             !(json = sendgrid_mail_json(to, a->from, m.from_name, m.reply_to, m.subject, m.text,

@@ -45,6 +45,10 @@ struct worker_config {
     long orphan_age_s; /* a job idle this long is reclaimed; its send, if any, is over */
     long flush_ms;
     long shutdown_grace_s;
+    long attribution_window_s; /* a reply counts for the SMS sent this recently */
+    long reconcile_after_s;    /* a delivery 'sent' this long is asked about */
+    long reconcile_every_s;
+    long reconcile_batch;
     int log_level;
     int log_format;
 };
@@ -122,6 +126,9 @@ struct worker {
         int ch;
     } reclaims[RQ_NCHANNELS];
 
+    struct inbound *inbound;     /* inbound.c */
+    struct reconcile *reconcile; /* reconcile.c */
+
     struct outcome *outcomes; /* pending writes */
     int noutcomes, outcomes_cap;
     long long sent_total;
@@ -136,7 +143,32 @@ void jobs_reclaim(struct worker *w);
 /* Work not yet finished: reads, claims, sends, unwritten outcomes. */
 bool jobs_idle(const struct worker *w);
 
+/* inbound.c: the consumer of the inbound stream (group "inbound"). */
+void inbound_start(struct worker *w);
+/* Reconnects, reclaims idle entries now and then, reads; call once a second. */
+void inbound_tick(struct worker *w);
+void inbound_maybe_read(struct worker *w);
+/* No read or statement outstanding. */
+bool inbound_idle(const struct worker *w);
+void inbound_free(struct worker *w);
+/* Applies n Twilio status reports (reconcile.c) through the status
+ * callbacks' own path: tenants[i] and payloads[i] (JSON: sid, status,
+ * error_code, answered_by; copied). done(arg, ok) once committed (ok) or
+ * failed. */
+void inbound_apply_status(struct worker *w, int n, const long long *tenants, char *const *payloads,
+                          void (*done)(void *arg, bool ok), void *arg);
+
+/* reconcile.c: asks the provider about deliveries stuck in 'sent'. */
+void reconcile_start(struct worker *w);
+bool reconcile_idle(const struct worker *w);
+void reconcile_free(struct worker *w);
+
 /* send.c */
+/* The provider account id (cached after the first call; sealed: its
+ * encrypted credentials, opened with CRIER_SECRET_KEY; voice: a Twilio
+ * account places calls). NULL with the reason in why. Borrowed. */
+struct account *send_account(struct worker *w, long long id, const char *kind, const char *from,
+                             const char *sealed, long rate_ps, bool voice, char *why, size_t whysz);
 bool send_init(struct worker *w);
 void send_cleanup(struct worker *w);
 /* Starts the send for one claimed row (columns of the claim query). */

@@ -24,11 +24,43 @@
  *   status "queued", direction "outbound-api". With both Url and Twiml, Twilio uses the
  *   Url (warning 32019), and so does the fake.
  *
- * Does not emulate: TLS, API-key (SK...) credentials, subaccounts, GET/list/update of
- * messages or calls, status callbacks (StatusCallback is checked or ignored, never called),
- * TwiML execution, SIP / client endpoints, MediaUrl, scheduling, ValidityPeriod checks,
- * sender ownership (21606, 21210), opt-outs (21610), trial restrictions (21608), Smart
- * Encoding, real rate limits and queueing (21611, 30001).
+ * GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json and .../Calls/{Sid}.json: the
+ *   resource's sid, status (as accepted: "queued" or "accepted", until a status callback
+ *   or POST /_fake/status changes it), error_code, answered_by (calls) and uri; 20404 for
+ *   a sid it never accepted. Never faulted or delayed; counted in "fetches", not in
+ *   "requests".
+ *
+ * Status callbacks (off by default; --status-callbacks, or "status_callbacks": true in POST
+ * /_fake/config): for every message or call accepted with a StatusCallback URL while they
+ * are on, the fake later POSTs Twilio's callbacks to that URL, form-encoded, signed like
+ * Twilio with X-Twilio-Signature = base64(HMAC-SHA1(auth token, URL + each parameter
+ * sorted by name: name + value)), one after the other, "callback_delay_ms" (default 1000)
+ * apart, the first that long after the acceptance:
+ *   messages: MessageStatus "sent", then "delivered", with MessageSid, SmsSid, SmsStatus,
+ *     AccountSid, From (or MessagingServiceSid), To, ApiVersion "2010-04-01";
+ *   calls: CallStatus "initiated", "ringing", "in-progress" (answered), "completed" - those
+ *     StatusCallbackEvent asked for ("completed" alone without it) - with CallSid,
+ *     AccountSid, From, To, Direction, ApiVersion, CallbackSource, SequenceNumber and
+ *     Timestamp; CallDuration (1..60 s, from the sid) on "completed"; AnsweredBy ("human"
+ *     unless POST /_fake/status set a verdict) on "in-progress" and "completed" when
+ *     MachineDetection was requested.
+ * A resource's stored status (GET) becomes each callback's status as that callback is
+ * sent. When POST /_fake/status has already given it a final status (messages: delivered,
+ * undelivered, failed, canceled, read...; calls: completed, busy, no-answer, failed,
+ * canceled), the next callback is the last one (the "delivered" / "completed" step) and
+ * reports that status, with ErrorCode when the resource has one. Only http:// URLs are
+ * called (any other counts as failed); at most FAKE_CB_CONNS keep-alive connections per
+ * host:port; a request times out after FAKE_CB_TIMEOUT_S and is never retried (Twilio
+ * does not retry by default). At most FAKE_CB_MAX_PENDING messages and calls have
+ * callbacks still to come: beyond, an accepted one gets none ("callbacks_dropped").
+ * Turning callbacks off stops new plans; those already made are carried out.
+ *
+ * Does not emulate: TLS, API-key (SK...) credentials, subaccounts, list/update of
+ * messages or calls, TwiML execution (no Url fetch, no AsyncAmdStatusCallback), SIP /
+ * client endpoints, MediaUrl, scheduling, ValidityPeriod checks, sender ownership (21606,
+ * 21210), opt-outs (21610), trial restrictions (21608), Smart Encoding, real rate limits
+ * and queueing (21611, 30001), undelivered or unanswered outcomes of its own (set them with
+ * POST /_fake/status).
  *
  * Fault injection (Messages.json and Calls.json only, after authentication), set by the
  * command-line options of the same names (--paccept-timeout, --latency-ms, ...) and at run
@@ -51,15 +83,30 @@
  *                       file: "accepted", "duplicates", "unique_recipients" (messages),
  *                       "calls_accepted", "call_duplicates", "call_unique_recipients",
  *                       "requests", "rejected", "faults_500", "faults_429",
- *                       "faults_timeout", "faults_accept_timeout", and "held" (requests
- *                       now waiting for a delayed reply or for their connection to close).
+ *                       "faults_timeout", "faults_accept_timeout", "held" (requests
+ *                       now waiting for a delayed reply or for their connection to close),
+ *                       "fetches" (GETs of a message or call, answered or 404),
+ *                       "callbacks_sent" (status callbacks answered 2xx),
+ *                       "callbacks_failed" (answered otherwise, or not at all: refused,
+ *                       reset, timed out, not http://), "callbacks_dropped" (messages and
+ *                       calls accepted with a full callback queue) and "callbacks_pending"
+ *                       (messages and calls with callbacks still to come).
  *   POST /_fake/reset   zeroes every counter, forgets seen recipients and pairs, and
- *                       truncates the --record file; the fault configuration stays.
- *   GET  /_fake/config  the fault configuration as JSON (the keys above, timeout_ms,
- *                       retry_after, seed).
+ *                       truncates the --record file; the configuration, the accepted
+ *                       resources (for GET) and the callbacks still to come stay.
+ *   POST /_fake/status  {"sid", "status", optional "error_code" (integer or null) and
+ *                       "answered_by" (calls)}: what GET answers for that message or call
+ *                       from now on, until a status callback moves it ("the provider's
+ *                       record changed, its callback was lost"; a final status also
+ *                       decides the last callback). The status must be one Twilio uses
+ *                       for that kind of resource. Answers the resource, 404 {"error"}
+ *                       for an unknown sid, 400 {"error"} for a bad body.
+ *   GET  /_fake/config  the configuration as JSON (the keys above, timeout_ms,
+ *                       retry_after, seed, status_callbacks, callback_delay_ms).
  *   POST /_fake/config  a JSON object of some of those keys: checked as a whole (fractions
- *                       in 0..1 summing to at most 1, integers in range, no unknown key),
- *                       then applied; answers the whole configuration, or 400 {"error"}.
+ *                       in 0..1 summing to at most 1, integers in range, booleans for
+ *                       status_callbacks, no unknown key), then applied; answers the
+ *                       whole configuration, or 400 {"error"}.
  *                       A "seed" restarts the generator.
  * "requests" counts every other request, at the moment it is decided, so that always
  *   requests = accepted + calls_accepted + rejected + faults_500 + faults_429 +
@@ -105,6 +152,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "xalloc.h"
 
@@ -119,6 +168,12 @@
 #define FAKE_RECORD_BUFFER (1024 * 1024)
 #define FAKE_SET_INITIAL_CAP 1024       /* power of two */
 #define FAKE_SEED_MAX ((1LL << 53) - 1) /* exact in a JSON number */
+#define FAKE_CB_MAX_PENDING 65536       /* messages and calls with callbacks to come */
+#define FAKE_CB_CONNS 4                 /* keep-alive connections per callback host:port */
+#define FAKE_CB_MAX_TARGETS 32          /* host:port pairs with open connections */
+#define FAKE_CB_TIMEOUT_S 10            /* per callback request */
+#define FAKE_CB_MAX_URL 2048            /* longer StatusCallback URLs are not called */
+#define FAKE_CB_MAX_PARAMS 16
 
 #define TW_BODY_MAX_CHARS 1600
 #define TW_TWIML_MAX_CHARS 4000
@@ -189,6 +244,8 @@ struct fault_config {
     long long retry_after; /* seconds; 0: no Retry-After header */
     long long timeout_ms;  /* how long an unanswered request is held */
     long long seed;
+    bool status_callbacks; /* not a fault: whether accepted sends get status callbacks */
+    long long callback_delay_ms;
 };
 
 /* Open-addressing set of byte strings (linear probing, load <= 1/2). Owns its keys. */
@@ -204,6 +261,23 @@ struct strset {
     size_t count;
 };
 
+/* What GET answers for an accepted message or call; in an open-addressing map by sid
+ * (linear probing, load <= 1/2). */
+struct resource {
+    uint64_t hash;
+    char sid[35]; /* "" : empty slot */
+    bool call;
+    uint8_t status;     /* index into res_statuses */
+    uint8_t amd;        /* index into res_amd */
+    int32_t error_code; /* 0: none */
+};
+
+struct resmap {
+    struct resource *slots;
+    size_t cap; /* power of two */
+    size_t count;
+};
+
 struct fake_stats {
     uint64_t accepted; /* messages */
     uint64_t duplicates;
@@ -215,9 +289,30 @@ struct fake_stats {
     uint64_t faults_429;
     uint64_t faults_timeout;
     uint64_t faults_accept_timeout;
+    uint64_t fetches;
+    uint64_t callbacks_sent;
+    uint64_t callbacks_failed;
+    uint64_t callbacks_dropped;
 };
 
 struct hold;
+struct cb_job;
+
+/* Keep-alive connections to one callback host:port. */
+struct cb_target {
+    char *host; /* NULL: free slot */
+    int port;
+    struct evhttp_connection *conns[FAKE_CB_CONNS]; /* created on first use */
+    unsigned inflight[FAKE_CB_CONNS];
+    unsigned total_inflight;
+};
+
+/* Status callbacks still to come: one job per message or call, in a list for clean-up. */
+struct callbacks {
+    struct cb_job *jobs;
+    size_t pending;
+    struct cb_target targets[FAKE_CB_MAX_TARGETS];
+};
 
 struct app {
     const struct fake_config *cfg;
@@ -228,7 +323,10 @@ struct app {
     size_t credentials_len;
     char *messages_path; /* TW_ACCOUNTS_PREFIX sid "/" TW_MESSAGES_LEAF */
     char *calls_path;    /* TW_ACCOUNTS_PREFIX sid "/" TW_CALLS_LEAF */
+    char *messages_dir;  /* TW_ACCOUNTS_PREFIX sid "/Messages/" */
+    char *calls_dir;     /* TW_ACCOUNTS_PREFIX sid "/Calls/" */
     struct fake_stats stats;
+    struct resmap resources;       /* every accepted message and call, for GET */
     struct strset pairs;           /* To '\0' Body of accepted messages */
     struct strset recipients;      /* To of accepted messages */
     struct strset call_pairs;      /* To '\0' kind instruction, of accepted calls */
@@ -244,16 +342,20 @@ struct app {
     bool early_close;   /* the backend reports a peer's close (EV_CLOSED) */
     struct hold *holds; /* requests waiting for a delayed reply or a close */
     size_t held;
+    struct callbacks cb;
 };
 
 enum route {
     ROUTE_MESSAGES_CREATE = 0,
     ROUTE_CALLS_CREATE,
+    ROUTE_MESSAGE_FETCH,
+    ROUTE_CALL_FETCH,
     ROUTE_API_OTHER, /* under /2010-04-01/ but not emulated: 404 after auth */
     ROUTE_FAKE_STATS,
     ROUTE_FAKE_RESET,
     ROUTE_FAKE_CONFIG_GET,
     ROUTE_FAKE_CONFIG_SET,
+    ROUTE_FAKE_STATUS,
     ROUTE_NOT_FOUND,
 };
 
@@ -347,6 +449,93 @@ static bool strset_add_take(struct strset *s, char *key, size_t len)
     if (++s->count * 2 > s->cap)
         strset_grow(s);
     return true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Resources: what GET answers for each accepted message and call
+ * ------------------------------------------------------------------------------------------ */
+
+/* Status names GET can answer; a resource holds an index. Messages use the first
+ * RES_NMSG_STATUSES, calls the rest ("queued", "failed" and "canceled" appear in both). */
+static const char *const res_statuses[] = {
+    "queued", "sending", "sent", "failed", "delivered", "undelivered", "receiving", "received",
+    "accepted", "scheduled", "read", "partially_delivered", "canceled",
+    /* calls */
+    "queued", "ringing", "in-progress", "completed", "busy", "failed", "no-answer", "canceled"};
+#define RES_NMSG_STATUSES 13
+#define RES_NSTATUSES (sizeof(res_statuses) / sizeof(res_statuses[0]))
+#define RES_CALL_QUEUED RES_NMSG_STATUSES
+
+static const char *const res_amd[] = {"",
+                                      "human",
+                                      "machine_start",
+                                      "machine_end_beep",
+                                      "machine_end_silence",
+                                      "machine_end_other",
+                                      "fax",
+                                      "unknown"};
+
+/* Index of name among the statuses of a message (call false) or a call; -1 if none. */
+static int res_status_index(const char *name, bool call)
+{
+    size_t from = call ? RES_NMSG_STATUSES : 0, to = call ? RES_NSTATUSES : RES_NMSG_STATUSES;
+    for (size_t i = from; i < to; i++)
+        if (strcmp(res_statuses[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void resmap_init(struct resmap *m)
+{
+    m->cap = FAKE_SET_INITIAL_CAP;
+    m->count = 0;
+    m->slots = xcalloc(m->cap, sizeof(*m->slots));
+}
+
+static void resmap_cleanup(struct resmap *m)
+{
+    free(m->slots);
+    m->slots = NULL;
+    m->cap = m->count = 0;
+}
+
+static struct resource *resmap_slot(struct resource *slots, size_t cap, const char *sid, uint64_t h)
+{
+    size_t i = (size_t)h & (cap - 1);
+    while (slots[i].sid[0] && (slots[i].hash != h || strcmp(slots[i].sid, sid) != 0))
+        i = (i + 1) & (cap - 1);
+    return &slots[i];
+}
+
+/* The resource of sid, or NULL. */
+static struct resource *resmap_find(struct resmap *m, const char *sid)
+{
+    if (strlen(sid) >= sizeof(m->slots[0].sid))
+        return NULL;
+    struct resource *r = resmap_slot(m->slots, m->cap, sid, hash_bytes(sid, strlen(sid)));
+    return r->sid[0] ? r : NULL;
+}
+
+/* Adds a new resource (sids never repeat), as accepted: status queued (accepted for a
+ * message through a Messaging Service). */
+static void resmap_add(struct resmap *m, const char *sid, bool call, bool service)
+{
+    if (++m->count * 2 > m->cap) {
+        size_t cap = m->cap * 2;
+        struct resource *slots = xcalloc(cap, sizeof(*slots));
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->slots[i].sid[0])
+                *resmap_slot(slots, cap, m->slots[i].sid, m->slots[i].hash) = m->slots[i];
+        free(m->slots);
+        m->slots = slots;
+        m->cap = cap;
+    }
+    uint64_t h = hash_bytes(sid, strlen(sid));
+    struct resource *r = resmap_slot(m->slots, m->cap, sid, h);
+    *r = (struct resource){.hash = h, .call = call};
+    snprintf(r->sid, sizeof(r->sid), "%s", sid);
+    r->status = (uint8_t)(call ? RES_CALL_QUEUED
+                               : res_status_index(service ? "accepted" : "queued", false));
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -869,6 +1058,7 @@ static void reply_control_error(struct exchange *ex, const char *message)
 enum knob_type {
     KNOB_FRACTION = 0, /* double in [0, 1] */
     KNOB_INT,          /* long long in [min, max] */
+    KNOB_BOOL,         /* bool; a JSON boolean, an option without argument */
 };
 
 struct knob {
@@ -899,6 +1089,10 @@ static const struct knob fault_knobs[] = {
      "how long an unanswered request is held (20000)"},
     {"seed", "seed", KNOB_INT, KNOB_AT(seed), 0, FAKE_SEED_MAX,
      "seed of the fault draws (default: the clock)"},
+    {"status_callbacks", "status-callbacks", KNOB_BOOL, KNOB_AT(status_callbacks), 0, 1,
+     "POST signed status callbacks to StatusCallback URLs (off)"},
+    {"callback_delay_ms", "callback-delay-ms", KNOB_INT, KNOB_AT(callback_delay_ms), 0, 600000,
+     "delay before each status callback (1000)"},
 };
 #define FAULT_NKNOBS (sizeof(fault_knobs) / sizeof(fault_knobs[0]))
 
@@ -917,6 +1111,7 @@ static void fault_config_defaults(struct fault_config *fc)
     *fc = (struct fault_config){
         .retry_after = 1,
         .timeout_ms = 20000,
+        .callback_delay_ms = 1000,
         .seed = (long long)(((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) &
                             (uint64_t)FAKE_SEED_MAX),
     };
@@ -926,6 +1121,11 @@ static void fault_config_defaults(struct fault_config *fc)
 static char *knob_set(struct fault_config *fc, const struct knob *k, double v)
 {
     char *field = (char *)fc + k->offset;
+    if (k->type == KNOB_BOOL) {
+        bool b = v != 0.0;
+        memcpy(field, &b, sizeof(b));
+        return NULL;
+    }
     if (k->type == KNOB_FRACTION) {
         if (!(v >= 0.0 && v <= 1.0))
             return xasprintf("%s must be a number from 0 to 1", k->key);
@@ -978,11 +1178,14 @@ static char *fault_config_apply_json(struct app *app, const char *text, size_t n
             err = xasprintf("unknown key %s", item->string);
             goto out;
         }
-        if (!cJSON_IsNumber(item)) {
-            err = xasprintf("%s must be a number", k->key);
+        if (k->type == KNOB_BOOL ? !cJSON_IsBool(item) : !cJSON_IsNumber(item)) {
+            err = xasprintf("%s must be %s", k->key,
+                            k->type == KNOB_BOOL ? "true or false" : "a number");
             goto out;
         }
-        if ((err = knob_set(&next, k, item->valuedouble)) != NULL)
+        if ((err = knob_set(&next, k,
+                            k->type == KNOB_BOOL ? (cJSON_IsTrue(item) ? 1.0 : 0.0)
+                                                 : item->valuedouble)) != NULL)
             goto out;
         if (strcmp(k->key, "seed") == 0)
             reseed = true;
@@ -1001,7 +1204,11 @@ static cJSON *fault_config_json(const struct fault_config *fc)
     for (size_t i = 0; i < FAULT_NKNOBS; i++) {
         const struct knob *k = &fault_knobs[i];
         const char *field = (const char *)fc + k->offset;
-        if (k->type == KNOB_FRACTION) {
+        if (k->type == KNOB_BOOL) {
+            bool b;
+            memcpy(&b, field, sizeof(b));
+            cJSON_AddBoolToObject(o, k->key, b);
+        } else if (k->type == KNOB_FRACTION) {
             double v;
             memcpy(&v, field, sizeof(v));
             cJSON_AddNumberToObject(o, k->key, v);
@@ -1341,6 +1548,7 @@ static void messages_create(struct exchange *ex)
     count_accepted(&app->pairs, &app->recipients, &app->stats.accepted, &app->stats.duplicates,
                    form.value[MSG_TO], form.len[MSG_TO], form.value[MSG_BODY], form.len[MSG_BODY]);
     msg_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
+    resmap_add(&app->resources, sid, false, form.value[MSG_SERVICE] != NULL);
     fault_reply_accepted(ex, fault, msg_resource(app, sid, &form, segments));
 out:
     form_cleanup(&form);
@@ -1581,6 +1789,7 @@ static void calls_create(struct exchange *ex)
     char sid[35];
     make_id(app, "CA", ++app->sid_counter, sid);
     call_count_accepted(app, &form);
+    resmap_add(&app->resources, sid, true, false);
     call_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
     fault_reply_accepted(ex, fault, call_resource(app, sid, &form));
 out:
@@ -1612,10 +1821,10 @@ static void fake_stats(struct exchange *ex)
         ",\"rejected\":%" PRIu64 ",\"unique_recipients\":%zu,\"calls_accepted\":%" PRIu64
         ",\"call_duplicates\":%" PRIu64 ",\"call_unique_recipients\":%zu,\"faults_500\":%" PRIu64
         ",\"faults_429\":%" PRIu64 ",\"faults_timeout\":%" PRIu64
-        ",\"faults_accept_timeout\":%" PRIu64 ",\"held\":%zu}",
+        ",\"faults_accept_timeout\":%" PRIu64 ",\"held\":%zu,\"fetches\":%" PRIu64 "}",
         s->accepted, s->duplicates, s->requests, s->rejected, app->recipients.count,
         s->calls_accepted, s->call_duplicates, app->call_recipients.count, s->faults_500,
-        s->faults_429, s->faults_timeout, s->faults_accept_timeout, app->held);
+        s->faults_429, s->faults_timeout, s->faults_accept_timeout, app->held, s->fetches);
     reply_send(ex, FAKE_HTTP_OK, text, (size_t)n);
 }
 
@@ -1659,6 +1868,100 @@ static void fake_config_set(struct exchange *ex)
     fake_config_get(ex);
 }
 
+/* The resource as GET answers it. */
+static cJSON *resource_json(const struct app *app, const struct resource *r)
+{
+    char uri[256];
+    snprintf(uri, sizeof(uri), "%s%s.json", r->call ? app->calls_dir : app->messages_dir, r->sid);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "account_sid", app->cfg->account_sid);
+    cJSON_AddStringToObject(o, "sid", r->sid);
+    cJSON_AddStringToObject(o, "status", res_statuses[r->status]);
+    cJSON_AddStringToObject(o, "direction", "outbound-api");
+    if (r->error_code)
+        cJSON_AddNumberToObject(o, "error_code", r->error_code);
+    else
+        cJSON_AddNullToObject(o, "error_code");
+    cJSON_AddNullToObject(o, "error_message");
+    if (r->call)
+        add_string_or_null(o, "answered_by", r->amd ? res_amd[r->amd] : NULL);
+    cJSON_AddStringToObject(o, "uri", uri);
+    return o;
+}
+
+/* GET .../Messages/{Sid}.json or .../Calls/{Sid}.json */
+static void resource_fetch(struct exchange *ex, bool call)
+{
+    struct app *app = ex->app;
+    app->stats.fetches++;
+    const char *dir = call ? app->calls_dir : app->messages_dir;
+    char sid[64];
+    size_t n = strlen(ex->path) - strlen(dir) - 5; /* route_of checked the ".json" */
+    snprintf(sid, sizeof(sid), "%.*s", (int)(n < sizeof(sid) ? n : 0), ex->path + strlen(dir));
+    const struct resource *r = resmap_find(&app->resources, sid);
+    if (!r || r->call != call) {
+        reply_not_found(ex);
+        return;
+    }
+    reply_cjson(ex, FAKE_HTTP_OK, resource_json(app, r));
+}
+
+/* POST /_fake/status {"sid", "status", "error_code"?, "answered_by"?} */
+static void fake_status_set(struct exchange *ex)
+{
+    struct app *app = ex->app;
+    struct evbuffer *in = evhttp_request_get_input_buffer(ex->req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    cJSON *root = cJSON_ParseWithLength(body, n);
+    const cJSON *sid = cJSON_GetObjectItemCaseSensitive(root, "sid");
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(root, "status");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(root, "error_code");
+    const cJSON *amd = cJSON_GetObjectItemCaseSensitive(root, "answered_by");
+    struct resource *r =
+        cJSON_IsString(sid) ? resmap_find(&app->resources, sid->valuestring) : NULL;
+    int st = -1, am = 0;
+    const char *err = NULL;
+    if (!cJSON_IsObject(root) || !cJSON_IsString(sid) || !cJSON_IsString(status))
+        err = "the body must be {\"sid\": ..., \"status\": ...}";
+    else if (r && (st = res_status_index(status->valuestring, r->call)) < 0)
+        err = "not a status of that kind of resource";
+    else if (code && !cJSON_IsNull(code) &&
+             (!cJSON_IsNumber(code) || code->valuedouble < 0 || code->valuedouble > 99999))
+        err = "error_code must be an integer or null";
+    if (!err && r && amd && !cJSON_IsNull(amd)) {
+        am = -1;
+        for (size_t i = 1; cJSON_IsString(amd) && i < sizeof(res_amd) / sizeof(res_amd[0]); i++)
+            if (strcmp(res_amd[i], amd->valuestring) == 0)
+                am = (int)i;
+        if (am < 0 || !r->call)
+            err = "answered_by must be an AMD verdict, for a call";
+    }
+    if (err) {
+        reply_control_error(ex, err);
+    } else if (!r) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "error", "unknown sid");
+        reply_cjson(ex, FAKE_HTTP_NOT_FOUND, o);
+    } else {
+        r->status = (uint8_t)st;
+        if (code)
+            r->error_code = cJSON_IsNumber(code) ? (int32_t)code->valuedouble : 0;
+        if (amd)
+            r->amd = (uint8_t)am;
+        reply_cjson(ex, FAKE_HTTP_OK, resource_json(app, r));
+    }
+    cJSON_Delete(root);
+}
+
+/* True when path is dir + a sid + ".json". */
+static bool is_resource_path(const char *path, const char *dir)
+{
+    size_t dl = strlen(dir), pl = strlen(path);
+    return pl > dl + 5 && strncmp(path, dir, dl) == 0 && strcmp(path + pl - 5, ".json") == 0 &&
+           !strchr(path + dl, '/');
+}
+
 /* ------------------------------------------------------------------------------------------
  * Routing and authentication
  * ------------------------------------------------------------------------------------------ */
@@ -1669,6 +1972,8 @@ static enum route route_of(const struct app *app, enum evhttp_cmd_type method, c
         return method == EVHTTP_REQ_GET ? ROUTE_FAKE_STATS : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/reset") == 0)
         return method == EVHTTP_REQ_POST ? ROUTE_FAKE_RESET : ROUTE_NOT_FOUND;
+    if (strcmp(path, "/_fake/status") == 0)
+        return method == EVHTTP_REQ_POST ? ROUTE_FAKE_STATUS : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/config") == 0)
         return method == EVHTTP_REQ_GET    ? ROUTE_FAKE_CONFIG_GET
                : method == EVHTTP_REQ_POST ? ROUTE_FAKE_CONFIG_SET
@@ -1679,6 +1984,10 @@ static enum route route_of(const struct app *app, enum evhttp_cmd_type method, c
         return ROUTE_MESSAGES_CREATE;
     if (method == EVHTTP_REQ_POST && strcmp(path, app->calls_path) == 0)
         return ROUTE_CALLS_CREATE;
+    if (method == EVHTTP_REQ_GET && is_resource_path(path, app->messages_dir))
+        return ROUTE_MESSAGE_FETCH;
+    if (method == EVHTTP_REQ_GET && is_resource_path(path, app->calls_dir))
+        return ROUTE_CALL_FETCH;
     return ROUTE_API_OTHER;
 }
 
@@ -1716,13 +2025,17 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct exchange ex = {.app = app, .req = req, .path = path ? path : ""};
     ex.route = route_of(app, evhttp_request_get_command(req), ex.path);
     ex.counted = ex.route != ROUTE_FAKE_STATS && ex.route != ROUTE_FAKE_RESET &&
-                 ex.route != ROUTE_FAKE_CONFIG_GET && ex.route != ROUTE_FAKE_CONFIG_SET;
+                 ex.route != ROUTE_FAKE_CONFIG_GET && ex.route != ROUTE_FAKE_CONFIG_SET &&
+                 ex.route != ROUTE_FAKE_STATUS && ex.route != ROUTE_MESSAGE_FETCH &&
+                 ex.route != ROUTE_CALL_FETCH;
     if (ex.counted)
         app->stats.requests++;
 
     switch (ex.route) {
     case ROUTE_MESSAGES_CREATE:
     case ROUTE_CALLS_CREATE:
+    case ROUTE_MESSAGE_FETCH:
+    case ROUTE_CALL_FETCH:
     case ROUTE_API_OTHER:
         if (!auth_ok(app, req, ex.path)) {
             reply_twilio_error(&ex, FAKE_HTTP_UNAUTHORIZED, TW_AUTHENTICATE, "Authenticate");
@@ -1732,6 +2045,8 @@ static void on_request(struct evhttp_request *req, void *arg)
             messages_create(&ex);
         else if (ex.route == ROUTE_CALLS_CREATE)
             calls_create(&ex);
+        else if (ex.route == ROUTE_MESSAGE_FETCH || ex.route == ROUTE_CALL_FETCH)
+            resource_fetch(&ex, ex.route == ROUTE_CALL_FETCH);
         else
             reply_not_found(&ex);
         return;
@@ -1746,6 +2061,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     case ROUTE_FAKE_CONFIG_SET:
         fake_config_set(&ex);
+        return;
+    case ROUTE_FAKE_STATUS:
+        fake_status_set(&ex);
         return;
     case ROUTE_NOT_FOUND:
         reply_not_found(&ex);
@@ -1764,10 +2082,14 @@ static void usage(FILE *f)
                "                   [--record FILE] [--port-file FILE] [FAULT OPTIONS]\n"
                "  --port 0 picks a free port; it is written to --port-file and printed as\n"
                "  'listening HOST:PORT' on stdout, followed by 'fault seed N'.\n"
-               "Fault options (also POST /_fake/config {\"key\": value, ...}):\n");
+               "Fault and callback options (also POST /_fake/config {\"key\": value, ...}):\n");
     for (size_t i = 0; i < FAULT_NKNOBS; i++) {
         const struct knob *k = &fault_knobs[i];
-        fprintf(f, "  --%-16s %-4s %s\n", k->opt, k->type == KNOB_FRACTION ? "0..1" : "N", k->help);
+        fprintf(f, "  --%-17s %-4s %s\n", k->opt,
+                k->type == KNOB_FRACTION ? "0..1"
+                : k->type == KNOB_INT    ? "N"
+                                         : "",
+                k->help);
     }
 }
 
@@ -1814,7 +2136,9 @@ static int parse_args(int argc, char **argv, struct fake_config *cfg, struct fau
     memcpy(opts, base_opts, sizeof(base_opts));
     for (size_t i = 0; i < FAULT_NKNOBS; i++)
         opts[nbase + i] =
-            (struct option){fault_knobs[i].opt, required_argument, NULL, OPT_KNOB + (int)i};
+            (struct option){fault_knobs[i].opt,
+                            fault_knobs[i].type == KNOB_BOOL ? no_argument : required_argument,
+                            NULL, OPT_KNOB + (int)i};
     opts[nbase + FAULT_NKNOBS] = (struct option){NULL, 0, NULL, 0};
 
     *cfg = (struct fake_config){.host = "127.0.0.1",
@@ -1827,7 +2151,12 @@ static int parse_args(int argc, char **argv, struct fake_config *cfg, struct fau
         char *end;
         long v;
         if (c >= OPT_KNOB && c < OPT_KNOB + (int)FAULT_NKNOBS) {
-            if (parse_knob_arg(fc, &fault_knobs[c - OPT_KNOB], optarg) != 0)
+            const struct knob *k = &fault_knobs[c - OPT_KNOB];
+            if (k->type == KNOB_BOOL) {
+                free(knob_set(fc, k, 1.0)); /* cannot fail */
+                continue;
+            }
+            if (parse_knob_arg(fc, k, optarg) != 0)
                 return 2;
             continue;
         }
@@ -1967,6 +2296,9 @@ int main(int argc, char **argv)
     app.credentials_len = strlen(app.credentials);
     app.messages_path = xasprintf(TW_ACCOUNTS_PREFIX "%s/" TW_MESSAGES_LEAF, cfg.account_sid);
     app.calls_path = xasprintf(TW_ACCOUNTS_PREFIX "%s/" TW_CALLS_LEAF, cfg.account_sid);
+    app.messages_dir = xasprintf(TW_ACCOUNTS_PREFIX "%s/Messages/", cfg.account_sid);
+    app.calls_dir = xasprintf(TW_ACCOUNTS_PREFIX "%s/Calls/", cfg.account_sid);
+    resmap_init(&app.resources);
 
     if (cfg.record_path) {
         app.record = fopen(cfg.record_path, "a");
@@ -2047,5 +2379,8 @@ out:
     free(app.credentials);
     free(app.messages_path);
     free(app.calls_path);
+    free(app.messages_dir);
+    free(app.calls_dir);
+    resmap_cleanup(&app.resources);
     return rc;
 }

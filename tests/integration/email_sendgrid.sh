@@ -69,7 +69,7 @@ while read -r id cust email mid; do
   assert_eq "$(json_get '.content_types | join(",")' "$line")" "text/plain,text/html" "content order"
   assert_eq "$(json_get .list_unsubscribe_post "$line")" "List-Unsubscribe=One-Click" "one-click"
   url=$(json_get .list_unsubscribe "$line")
-  [[ "$url" =~ ^\<https://crier\.example/v1/unsubscribe\?token=$T_TENANT\.$cust\.email\.[0-9a-f]{32}\>$ ]] ||
+  [[ "$url" =~ ^\<https://crier\.example/v1/unsubscribe\?token=$T_TENANT\.$cust\.email\.$id\.[0-9]{10}\.[0-9a-f]{32}\>$ ]] ||
     t_fail "List-Unsubscribe of delivery $id: $url"
 done < <(t_psql "SELECT d.id, c.id, c.email, d.provider_message_id FROM deliveries d
                  JOIN customers c ON c.id = d.customer_id WHERE d.campaign_id = $CID AND d.status = 'sent'" | tr '|' ' ')
