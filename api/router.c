@@ -49,6 +49,7 @@ static const struct route routes[] = {
     {EVHTTP_REQ_POST, "/v1/campaigns/{id}/complete", true, API_MAX_JSON_BODY, campaigns_complete},
     {EVHTTP_REQ_POST, "/v1/campaigns/{id}/cancel", true, API_MAX_JSON_BODY, campaigns_cancel},
     {EVHTTP_REQ_GET, "/v1/campaigns/{id}/stats", true, 0, campaigns_stats},
+    {EVHTTP_REQ_GET, "/v1/campaigns/{id}/events", true, 0, campaigns_events},
     {EVHTTP_REQ_GET, "/v1/settings", true, 0, settings_get},
     {EVHTTP_REQ_PATCH, "/v1/settings", true, API_MAX_JSON_BODY, settings_patch},
     {EVHTTP_REQ_POST, "/v1/suppressions", true, API_MAX_JSON_BODY, suppressions_create},
@@ -81,6 +82,13 @@ static bool route_match(const char *pattern, const char *path, long long ids[2],
 {
     int nid = 0;
     while (*pattern && *path) {
+        if (*pattern != '{') { /* the common case: a literal character */
+            if (*pattern != *path)
+                return false;
+            pattern++;
+            path++;
+            continue;
+        }
         if (strncmp(pattern, "{slug}", 6) == 0) {
             size_t n = strspn(path, "abcdefghijklmnopqrstuvwxyz0123456789_-");
             if (n == 0 || n >= slugsz || (path[n] && path[n] != '/'))

@@ -56,4 +56,8 @@ awk -v a="$api_cpu0" -v b="$(cpu_of "$api_pid")" -v s="$SECONDS_RUN" \
   'BEGIN { printf "cpu_api %.2f cores\n", (b - a) / (s + 1) }'
 awk -v a="$redis_cpu0" -v b="$(cpu_of "$redis_pid")" -v s="$SECONDS_RUN" \
   'BEGIN { printf "cpu_redis %.2f cores\n", (b - a) / (s + 1) }'
+awk '$1 == "webhook_rate" {r = $2} $1 == "webhook_latency_p99" {p = $2}
+  END { printf "webhook_target_10000_per_s_p99_10_ms %s\n", (r >= 10000 && p <= 10) ? "met" : "missed" }' \
+  "$T_DIR/load.out"
+printf 'load_average_1m %s\n' "$(cut -d' ' -f1 /proc/loadavg)"
 printf 'rss_peak_api %s MB\n' "$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$api_pid/status")"

@@ -1424,6 +1424,431 @@ static void format_date(char *out, size_t n)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * Status callbacks: Twilio's signed POSTs to a StatusCallback URL
+ *
+ * One job per message or call with callbacks to come. Its timer fires the next step; the
+ * step after is armed only once that request has been answered (or has failed), so the
+ * callbacks of one resource never overtake each other. Requests go out on a few keep-alive
+ * evhttp connections per host:port (libevent queues requests on a busy connection, and
+ * reconnects when the server closed an idle one). A job has at most one request out and
+ * jobs are bounded (FAKE_CB_MAX_PENDING), so is everything queued.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The steps of a plan, in the order they are sent; a job holds the set still to send. */
+enum cb_step {
+    CB_SENT = 0,  /* message: "sent" */
+    CB_DELIVERED, /* message: "delivered", or the final status POST /_fake/status set */
+    CB_INITIATED, /* call progress events */
+    CB_RINGING,
+    CB_ANSWERED,  /* "in-progress" */
+    CB_COMPLETED, /* "completed", or the final status POST /_fake/status set */
+};
+
+struct cb_job {
+    struct cb_job *prev, *next; /* app->cb.jobs */
+    struct app *app;
+    struct event *timer;
+    struct cb_target *target; /* while a request is out */
+    int conn;
+    unsigned steps; /* bit (1u << enum cb_step) per step still to send */
+    unsigned seq;   /* calls: SequenceNumber of the next callback */
+    bool call;
+    bool amd; /* MachineDetection was requested */
+    char sid[35];
+    char *url, *from, *to, *service; /* from or service may be NULL */
+};
+
+struct cb_param {
+    const char *name, *value;
+};
+
+static bool res_is_final(const struct resource *r)
+{
+    static const char *const finals[] = {
+        "delivered",           "undelivered", "failed", "canceled",  "read",
+        "partially_delivered", "completed",   "busy",   "no-answer",
+    };
+    for (size_t i = 0; i < sizeof(finals) / sizeof(finals[0]); i++)
+        if (strcmp(res_statuses[r->status], finals[i]) == 0)
+            return true;
+    return false;
+}
+
+static void cb_job_free(struct cb_job *job)
+{
+    struct app *app = job->app;
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        app->cb.jobs = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    app->cb.pending--;
+    event_free(job->timer);
+    free(job->url);
+    free(job->from);
+    free(job->to);
+    free(job->service);
+    free(job);
+}
+
+static void cb_target_close(struct cb_target *t)
+{
+    for (int i = 0; i < FAKE_CB_CONNS; i++)
+        if (t->conns[i])
+            evhttp_connection_free(t->conns[i]); /* frees queued requests, no callback */
+    free(t->host);
+    memset(t, 0, sizeof(*t));
+}
+
+/* At exit: connections first (their requests point at jobs), then the jobs. */
+static void cb_cleanup(struct app *app)
+{
+    for (int i = 0; i < FAKE_CB_MAX_TARGETS; i++)
+        if (app->cb.targets[i].host)
+            cb_target_close(&app->cb.targets[i]);
+    while (app->cb.jobs)
+        cb_job_free(app->cb.jobs);
+}
+
+/* The connections of host:port, opening a slot (a free one, else an idle one) when new;
+ * NULL when every slot has requests out. */
+static struct cb_target *cb_target_get(struct app *app, const char *host, int port)
+{
+    struct cb_target *spare = NULL, *idle = NULL;
+    for (int i = 0; i < FAKE_CB_MAX_TARGETS; i++) {
+        struct cb_target *t = &app->cb.targets[i];
+        if (t->host && t->port == port && strcmp(t->host, host) == 0)
+            return t;
+        if (!t->host && !spare)
+            spare = t;
+        else if (t->host && t->total_inflight == 0 && !idle)
+            idle = t;
+    }
+    struct cb_target *t = spare ? spare : idle;
+    if (!t)
+        return NULL;
+    if (t->host)
+        cb_target_close(t);
+    t->host = xstrdup(host);
+    t->port = port;
+    return t;
+}
+
+/* Splits an http:// URL into the host to connect to (an IPv6 literal without brackets), its
+ * port, the Host header (the URL's authority) and the request target. Heap strings; false
+ * (nothing allocated) for any other URL, one with user info, or one too long. */
+static bool cb_url_split(const char *url, char **host, int *port, char **authority, char **target)
+{
+    if (strlen(url) > FAKE_CB_MAX_URL || strncasecmp(url, "http://", 7) != 0)
+        return false;
+    struct evhttp_uri *u = evhttp_uri_parse(url);
+    const char *h = u ? evhttp_uri_get_host(u) : NULL;
+    if (!h || !*h || evhttp_uri_get_userinfo(u)) {
+        if (u)
+            evhttp_uri_free(u);
+        return false;
+    }
+    size_t hl = strlen(h);
+    if (h[0] == '[' && hl > 2 && h[hl - 1] == ']')
+        *host = xstrndup(h + 1, hl - 2);
+    else
+        *host = xstrdup(h);
+    *port = evhttp_uri_get_port(u) < 0 ? 80 : evhttp_uri_get_port(u);
+    const char *a = url + 7;
+    *authority = xstrndup(a, strcspn(a, "/?#"));
+    const char *path = evhttp_uri_get_path(u), *query = evhttp_uri_get_query(u);
+    *target = xasprintf("%s%s%s", path && *path ? path : "/", query ? "?" : "", query ? query : "");
+    evhttp_uri_free(u);
+    return true;
+}
+
+static int cb_param_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct cb_param *)a)->name, ((const struct cb_param *)b)->name);
+}
+
+/* application/x-www-form-urlencoded: unreserved characters as they are, space as '+'. */
+static void cb_form_encode(struct evbuffer *out, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~')
+            evbuffer_add(out, s, 1);
+        else if (c == ' ')
+            evbuffer_add(out, "+", 1);
+        else
+            evbuffer_add_printf(out, "%%%02X", c);
+    }
+}
+
+/* Twilio's signature: base64(HMAC-SHA1(token, url + name + value for each parameter, sorted
+ * by name)); params must be sorted. out gets 28 characters and a NUL. */
+static void cb_sign(const char *token, const char *url, const struct cb_param *p, int n,
+                    char out[29])
+{
+    struct evbuffer *msg = evbuffer_new();
+    if (!msg) {
+        fprintf(stderr, "fatal: out of memory signing a callback\n");
+        abort();
+    }
+    evbuffer_add(msg, url, strlen(url));
+    for (int i = 0; i < n; i++) {
+        evbuffer_add(msg, p[i].name, strlen(p[i].name));
+        evbuffer_add(msg, p[i].value, strlen(p[i].value));
+    }
+    size_t len = evbuffer_get_length(msg);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    if (!HMAC(EVP_sha1(), token, (int)strlen(token), evbuffer_pullup(msg, -1), len, mac, &maclen) ||
+        maclen != 20) {
+        fprintf(stderr, "fatal: HMAC-SHA1 failed\n");
+        abort();
+    }
+    EVP_EncodeBlock((unsigned char *)out, mac, (int)maclen);
+    evbuffer_free(msg);
+}
+
+static void cb_arm(struct cb_job *job)
+{
+    long long ms = job->app->faults.callback_delay_ms;
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    if (evtimer_add(job->timer, &tv) != 0) {
+        fprintf(stderr, "fatal: cannot arm a callback timer\n");
+        abort();
+    }
+}
+
+/* After a step: the next one later, or the job is done. */
+static void cb_next(struct cb_job *job)
+{
+    if (job->steps)
+        cb_arm(job);
+    else
+        cb_job_free(job);
+}
+
+static void cb_on_done(struct evhttp_request *req, void *arg)
+{
+    struct cb_job *job = arg;
+    struct app *app = job->app;
+    int code = req ? evhttp_request_get_response_code(req) : 0; /* 0: no answer */
+    job->target->inflight[job->conn]--;
+    job->target->total_inflight--;
+    job->target = NULL;
+    if (code >= 200 && code < 300)
+        app->stats.callbacks_sent++;
+    else
+        app->stats.callbacks_failed++;
+    cb_next(job);
+}
+
+/* POSTs the signed form to the job's URL; true when the request is out (cb_on_done will
+ * run), false when it could not be made (counted as failed here). */
+static bool cb_post(struct cb_job *job, struct cb_param *params, int n)
+{
+    struct app *app = job->app;
+    char *host = NULL, *authority = NULL, *target = NULL;
+    int port = 0;
+    bool out = false;
+    struct cb_target *t = NULL;
+    if (!cb_url_split(job->url, &host, &port, &authority, &target) ||
+        !(t = cb_target_get(app, host, port)))
+        goto done;
+    int c = 0;
+    for (int i = 1; i < FAKE_CB_CONNS; i++)
+        if (t->inflight[i] < t->inflight[c])
+            c = i;
+    if (!t->conns[c]) {
+        t->conns[c] = evhttp_connection_base_new(app->base, NULL, t->host, (ev_uint16_t)port);
+        if (!t->conns[c])
+            goto done;
+        evhttp_connection_set_timeout(t->conns[c], FAKE_CB_TIMEOUT_S);
+    }
+    qsort(params, (size_t)n, sizeof(*params), cb_param_cmp);
+    char sig[29];
+    cb_sign(app->cfg->auth_token, job->url, params, n, sig);
+    struct evhttp_request *req = evhttp_request_new(cb_on_done, job);
+    if (!req)
+        goto done;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Host", authority);
+    evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded");
+    evhttp_add_header(h, "User-Agent", "TwilioProxy/1.1");
+    evhttp_add_header(h, "X-Twilio-Signature", sig);
+    struct evbuffer *body = evhttp_request_get_output_buffer(req);
+    for (int i = 0; i < n; i++) {
+        if (i)
+            evbuffer_add(body, "&", 1);
+        evbuffer_add(body, params[i].name, strlen(params[i].name));
+        evbuffer_add(body, "=", 1);
+        cb_form_encode(body, params[i].value);
+    }
+    job->target = t;
+    job->conn = c;
+    t->inflight[c]++;
+    t->total_inflight++;
+    if (evhttp_make_request(t->conns[c], req, EVHTTP_REQ_POST, target) != 0) {
+        /* libevent keeps or frees req depending on where it failed: leave it (only when a
+         * socket cannot be created). */
+        t->inflight[c]--;
+        t->total_inflight--;
+        job->target = NULL;
+        goto done;
+    }
+    out = true;
+done:
+    if (!out)
+        app->stats.callbacks_failed++;
+    free(host);
+    free(authority);
+    free(target);
+    return out;
+}
+
+/* Sends the job's next step (see the file comment for what each carries). */
+static void cb_fire(struct cb_job *job)
+{
+    struct app *app = job->app;
+    struct resource *r = resmap_find(&app->resources, job->sid);
+    enum cb_step last = job->call ? CB_COMPLETED : CB_DELIVERED;
+    enum cb_step step = CB_SENT;
+    while (!(job->steps & (1u << step)))
+        step++;
+    bool final = r && res_is_final(r);
+    if (final && step != last) {
+        if (!(job->steps & (1u << last))) {
+            cb_job_free(job);
+            return;
+        }
+        step = last;
+    }
+    job->steps &= ~((2u << step) - 1); /* this step and any skipped */
+
+    static const char *const step_status[] = {
+        [CB_SENT] = "sent",       [CB_DELIVERED] = "delivered",  [CB_INITIATED] = "initiated",
+        [CB_RINGING] = "ringing", [CB_ANSWERED] = "in-progress", [CB_COMPLETED] = "completed",
+    };
+    const char *status = final ? res_statuses[r->status] : step_status[step];
+    if (r && !final) {
+        int idx = res_status_index(status, job->call);
+        if (idx >= 0) /* "initiated" is a callback, not a resource status */
+            r->status = (uint8_t)idx;
+    }
+    bool answered = job->call && (step == CB_ANSWERED || strcmp(status, "completed") == 0);
+    if (r && job->amd && answered && !r->amd)
+        r->amd = 1; /* "human" */
+
+    struct cb_param p[FAKE_CB_MAX_PARAMS];
+    int n = 0;
+    char code[16], seq[16], duration[16], date[64];
+    p[n++] = (struct cb_param){"AccountSid", app->cfg->account_sid};
+    p[n++] = (struct cb_param){"ApiVersion", "2010-04-01"};
+    p[n++] = (struct cb_param){"To", job->to};
+    if (job->from)
+        p[n++] = (struct cb_param){"From", job->from};
+    if (job->service)
+        p[n++] = (struct cb_param){"MessagingServiceSid", job->service};
+    if (final && r->error_code) {
+        snprintf(code, sizeof(code), "%d", (int)r->error_code);
+        p[n++] = (struct cb_param){"ErrorCode", code};
+    }
+    if (!job->call) {
+        p[n++] = (struct cb_param){"MessageSid", job->sid};
+        p[n++] = (struct cb_param){"MessageStatus", status};
+        p[n++] = (struct cb_param){"SmsSid", job->sid};
+        p[n++] = (struct cb_param){"SmsStatus", status};
+    } else {
+        snprintf(seq, sizeof(seq), "%u", job->seq++);
+        format_date(date, sizeof(date));
+        p[n++] = (struct cb_param){"CallSid", job->sid};
+        p[n++] = (struct cb_param){"CallStatus", status};
+        p[n++] = (struct cb_param){"Called", job->to};
+        p[n++] = (struct cb_param){"Caller", job->from};
+        p[n++] = (struct cb_param){"Direction", "outbound-api"};
+        p[n++] = (struct cb_param){"CallbackSource", "call-progress-events"};
+        p[n++] = (struct cb_param){"SequenceNumber", seq};
+        p[n++] = (struct cb_param){"Timestamp", date};
+        if (step == CB_COMPLETED) {
+            bool talked = strcmp(status, "completed") == 0;
+            snprintf(duration, sizeof(duration), "%u",
+                     talked ? 1u + (unsigned)(hash_bytes(job->sid, strlen(job->sid)) % 60) : 0u);
+            p[n++] = (struct cb_param){"CallDuration", duration};
+        }
+        if (job->amd && answered && r)
+            p[n++] = (struct cb_param){"AnsweredBy", res_amd[r->amd]};
+    }
+    if (!cb_post(job, p, n))
+        cb_next(job);
+}
+
+static void cb_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    cb_fire(arg);
+}
+
+/* Plans the callbacks of a message (events NULL) or a call just accepted, when callbacks
+ * are on and it has a StatusCallback URL. events: StatusCallbackEvent (space-separated,
+ * validated) or NULL; amd: MachineDetection was requested. */
+static void cb_plan(struct app *app, const char *sid, bool call, const char *url, const char *from,
+                    const char *to, const char *service, const char *events, bool amd)
+{
+    if (!app->faults.status_callbacks || !url)
+        return;
+    if (app->cb.pending >= FAKE_CB_MAX_PENDING) {
+        app->stats.callbacks_dropped++;
+        return;
+    }
+    unsigned steps = 0;
+    if (!call) {
+        steps = 1u << CB_SENT | 1u << CB_DELIVERED;
+    } else {
+        static const struct {
+            const char *word;
+            enum cb_step step;
+        } words[] = {{"initiated", CB_INITIATED},
+                     {"ringing", CB_RINGING},
+                     {"answered", CB_ANSWERED},
+                     {"completed", CB_COMPLETED}};
+        for (const char *p = events ? events : ""; *p;) {
+            size_t k = strcspn(p, " ");
+            for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+                if (strlen(words[i].word) == k && strncasecmp(words[i].word, p, k) == 0)
+                    steps |= 1u << words[i].step;
+            p += k;
+            p += strspn(p, " ");
+        }
+        if (!steps)
+            steps = 1u << CB_COMPLETED; /* Twilio's default */
+    }
+    struct cb_job *job = xcalloc(1, sizeof(*job));
+    job->app = app;
+    job->steps = steps;
+    job->seq = 0;
+    job->call = call;
+    job->amd = amd;
+    snprintf(job->sid, sizeof(job->sid), "%s", sid);
+    job->url = xstrdup(url);
+    job->to = xstrdup(to);
+    job->from = from ? xstrdup(from) : NULL;
+    job->service = service ? xstrdup(service) : NULL;
+    job->timer = evtimer_new(app->base, cb_on_timer, job);
+    if (!job->timer) {
+        fprintf(stderr, "fatal: cannot create a callback timer\n");
+        abort();
+    }
+    job->next = app->cb.jobs;
+    if (app->cb.jobs)
+        app->cb.jobs->prev = job;
+    app->cb.jobs = job;
+    app->cb.pending++;
+    cb_arm(job);
+}
+
+/* ------------------------------------------------------------------------------------------
  * POST /2010-04-01/Accounts/{sid}/Messages.json
  * ------------------------------------------------------------------------------------------ */
 
@@ -1549,6 +1974,8 @@ static void messages_create(struct exchange *ex)
                    form.value[MSG_TO], form.len[MSG_TO], form.value[MSG_BODY], form.len[MSG_BODY]);
     msg_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
     resmap_add(&app->resources, sid, false, form.value[MSG_SERVICE] != NULL);
+    cb_plan(app, sid, false, form.value[MSG_STATUS_CALLBACK], form.value[MSG_FROM],
+            form.value[MSG_TO], form.value[MSG_SERVICE], NULL, false);
     fault_reply_accepted(ex, fault, msg_resource(app, sid, &form, segments));
 out:
     form_cleanup(&form);
@@ -1790,6 +2217,9 @@ static void calls_create(struct exchange *ex)
     make_id(app, "CA", ++app->sid_counter, sid);
     call_count_accepted(app, &form);
     resmap_add(&app->resources, sid, true, false);
+    cb_plan(app, sid, true, form.value[CALL_STATUS_CALLBACK], form.value[CALL_FROM],
+            form.value[CALL_TO], NULL, form.value[CALL_STATUS_CALLBACK_EVENT],
+            form.value[CALL_MACHINE_DETECTION] != NULL);
     call_record(app, sid, &form, fault == FAULT_ACCEPT_TIMEOUT);
     fault_reply_accepted(ex, fault, call_resource(app, sid, &form));
 out:
@@ -1813,7 +2243,7 @@ static void fake_stats(struct exchange *ex)
 {
     const struct app *app = ex->app;
     const struct fake_stats *s = &app->stats;
-    char text[1024];
+    char text[1536];
     record_flush(ex->app);
     int n = snprintf(
         text, sizeof(text),
@@ -1821,10 +2251,13 @@ static void fake_stats(struct exchange *ex)
         ",\"rejected\":%" PRIu64 ",\"unique_recipients\":%zu,\"calls_accepted\":%" PRIu64
         ",\"call_duplicates\":%" PRIu64 ",\"call_unique_recipients\":%zu,\"faults_500\":%" PRIu64
         ",\"faults_429\":%" PRIu64 ",\"faults_timeout\":%" PRIu64
-        ",\"faults_accept_timeout\":%" PRIu64 ",\"held\":%zu,\"fetches\":%" PRIu64 "}",
+        ",\"faults_accept_timeout\":%" PRIu64 ",\"held\":%zu,\"fetches\":%" PRIu64
+        ",\"callbacks_sent\":%" PRIu64 ",\"callbacks_failed\":%" PRIu64
+        ",\"callbacks_dropped\":%" PRIu64 ",\"callbacks_pending\":%zu}",
         s->accepted, s->duplicates, s->requests, s->rejected, app->recipients.count,
         s->calls_accepted, s->call_duplicates, app->call_recipients.count, s->faults_500,
-        s->faults_429, s->faults_timeout, s->faults_accept_timeout, app->held, s->fetches);
+        s->faults_429, s->faults_timeout, s->faults_accept_timeout, app->held, s->fetches,
+        s->callbacks_sent, s->callbacks_failed, s->callbacks_dropped, app->cb.pending);
     reply_send(ex, FAKE_HTTP_OK, text, (size_t)n);
 }
 
@@ -2135,10 +2568,9 @@ static int parse_args(int argc, char **argv, struct fake_config *cfg, struct fau
     struct option opts[sizeof(base_opts) / sizeof(base_opts[0]) + FAULT_NKNOBS + 1];
     memcpy(opts, base_opts, sizeof(base_opts));
     for (size_t i = 0; i < FAULT_NKNOBS; i++)
-        opts[nbase + i] =
-            (struct option){fault_knobs[i].opt,
-                            fault_knobs[i].type == KNOB_BOOL ? no_argument : required_argument,
-                            NULL, OPT_KNOB + (int)i};
+        opts[nbase + i] = (struct option){
+            fault_knobs[i].opt, fault_knobs[i].type == KNOB_BOOL ? no_argument : required_argument,
+            NULL, OPT_KNOB + (int)i};
     opts[nbase + FAULT_NKNOBS] = (struct option){NULL, 0, NULL, 0};
 
     *cfg = (struct fake_config){.host = "127.0.0.1",
@@ -2366,6 +2798,7 @@ out:
     if (sigint)
         event_free(sigint);
     holds_cleanup(&app);
+    cb_cleanup(&app);
     if (app.http)
         evhttp_free(app.http);
     if (app.out)
