@@ -33,6 +33,9 @@ struct api_config {
     long http_timeout_s;
     long max_body;
     long shutdown_grace_s;
+    long events_max_streams; /* open event streams at most (events.c) */
+    long events_poll_ms;     /* how often a streamed campaign's counters are read */
+    long events_heartbeat_s; /* a comment on an otherwise quiet stream this often */
     int log_level;
     int log_format;
 };
@@ -58,6 +61,7 @@ struct app {
     struct event *sigterm, *sigint, *drain_timer;
     bool draining;
     int inflight;
+    struct events *events; /* open event streams (events.c) */
     struct auth_cache *auth;
     struct tzdb *tzdb;  /* time zone names PostgreSQL knows (tzdb.c) */
     uint8_t secret[32]; /* CRIER_SECRET_KEY: seals provider credentials */
@@ -198,6 +202,7 @@ void campaigns_resume(struct api_req *r);
 void campaigns_complete(struct api_req *r);
 void campaigns_cancel(struct api_req *r);
 void campaigns_stats(struct api_req *r);
+void campaigns_events(struct api_req *r);
 /* providers.c */
 void providers_create(struct api_req *r);
 void providers_list(struct api_req *r);

@@ -5,7 +5,8 @@
  * statement that checks the current state and moves it (a wrong transition
  * is a 409 listing the allowed actions); the XADD to the actions stream that
  * follows only wakes the dispatcher, which also polls PostgreSQL, so an
- * action survives a Redis outage. */
+ * action survives a Redis outage. A campaign's statistics are stats.c's,
+ * its live event stream events.c's. */
 #include <sys/queue.h>
 
 #include <ctype.h>
@@ -121,17 +122,6 @@ static const char sql_action[] =
 
 /* Channels the workers of this version can send. */
 #define SENDABLE_CHANNELS "{sms,email,voice}"
-
-static const char sql_stats[] =
-    "SELECT k.status, k.launched_at, k.expanded_at, k.completed_at,"
-    " (SELECT COALESCE(json_object_agg(s.status, s.n), '{}') FROM"
-    "   (SELECT status, count(*) AS n FROM deliveries"
-    "    WHERE tenant_id = $1 AND campaign_id = $2 GROUP BY status) s),"
-    " (SELECT COALESCE(json_object_agg(s.skip_reason, s.n), '{}') FROM"
-    "   (SELECT skip_reason, count(*) AS n FROM deliveries"
-    "    WHERE tenant_id = $1 AND campaign_id = $2 AND status = 'skipped'"
-    "    GROUP BY skip_reason) s)"
-    " FROM campaigns k WHERE k.tenant_id = $1 AND k.id = $2";
 
 /* ---------------------------------------------------------------------
  * The state machine
@@ -937,55 +927,4 @@ void campaigns_complete(struct api_req *r)
 void campaigns_cancel(struct api_req *r)
 {
     action_handler(r, ACT_CANCEL);
-}
-
-/* ---------------------------------------------------------------------
- * Stats
- * ------------------------------------------------------------------- */
-
-/* Statuses that mean the provider accepted the message (or more). */
-static bool is_contacted(const char *s)
-{
-    return !strcmp(s, "sent") || !strcmp(s, "delivered") || !strcmp(s, "responded") ||
-           !strcmp(s, "undelivered");
-}
-
-static void stats_done(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
-{
-    struct api_req *r = arg;
-    (void)sqlstate;
-    if (!http_one_row_or_reply(r, res, errmsg, "campaign"))
-        return;
-    cJSON *counts = cJSON_Parse(PQgetvalue(res, 0, 4));
-    double targeted = 0, contacted = 0, terminal = 0;
-    static const char *const open_states[] = {"pending", "queued", "sending", "retry", NULL};
-    for (cJSON *it = counts ? counts->child : NULL; it; it = it->next) {
-        targeted += it->valuedouble;
-        if (is_contacted(it->string))
-            contacted += it->valuedouble;
-        bool open = false;
-        for (int i = 0; open_states[i]; i++)
-            if (!strcmp(it->string, open_states[i]))
-                open = true;
-        if (!open)
-            terminal += it->valuedouble;
-    }
-    cJSON *body = cJSON_CreateObject();
-    cJSON_AddNumberToObject(body, "campaign_id", (double)r->ids[0]);
-    cJSON_AddStringToObject(body, "status", PQgetvalue(res, 0, 0));
-    cJSON_AddBoolToObject(body, "expanded", !PQgetisnull(res, 0, 2));
-    cJSON_AddNumberToObject(body, "targeted", targeted);
-    cJSON_AddNumberToObject(body, "contacted", contacted);
-    cJSON_AddNumberToObject(body, "terminal", terminal);
-    cJSON_AddItemToObject(body, "counts", counts ? counts : cJSON_CreateObject());
-    /* Why the skipped ones were not contacted: opted_out, suppressed,
-     * no_address, frequency_cap, expired, customer_deleted. */
-    cJSON *reasons = cJSON_Parse(PQgetvalue(res, 0, 5));
-    cJSON_AddItemToObject(body, "skipped_reasons", reasons ? reasons : cJSON_CreateObject());
-    http_reply_json(r, 200, body);
-}
-
-void campaigns_stats(struct api_req *r)
-{
-    query_by_id(r, sql_stats, stats_done);
 }

@@ -9,6 +9,7 @@
 #include "api.h"
 #include "config.h"
 #include "crypto.h"
+#include "events.h"
 #include "log.h"
 
 static const struct cfg_row api_rows[] = {
@@ -35,9 +36,24 @@ static const struct cfg_row api_rows[] = {
      1073741824, NULL, 0, 0, "hard cap on any request body (bytes); routes have smaller limits"},
     {"CRIER_SHUTDOWN_GRACE", CFG_INT, offsetof(struct api_config, shutdown_grace_s), "10", 0, 600,
      NULL, 0, 0, "seconds SIGTERM waits for in-flight requests"},
+    {"CRIER_EVENTS_MAX_STREAMS", CFG_INT, offsetof(struct api_config, events_max_streams), "1000",
+     1, 100000, NULL, 0, 0, "event streams (GET /v1/campaigns/{id}/events) open at once at most"},
+    {"CRIER_EVENTS_POLL_MS", CFG_INT, offsetof(struct api_config, events_poll_ms), "500", 50, 60000,
+     NULL, 0, 0, "how often a streamed campaign's counters are read (ms)"},
+    {"CRIER_EVENTS_HEARTBEAT", CFG_INT, offsetof(struct api_config, events_heartbeat_s), "15", 1,
+     3600, NULL, 0, 0, "seconds between keep-alive comments on a quiet event stream"},
     CFG_COMMON_ROWS(struct api_config),
 };
 #define NROWS (sizeof(api_rows) / sizeof(api_rows[0]))
+
+/* "https://host/" and "https://host" name the same base: every URL built
+ * from it appends "/v1/...". */
+static void trim_trailing_slashes(char *url)
+{
+    size_t n = url ? strlen(url) : 0;
+    while (n > 0 && url[n - 1] == '/')
+        url[--n] = '\0';
+}
 
 static void finish_drain(struct app *app)
 {
@@ -69,6 +85,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     log_info("signal %d: no new connections, draining %d in-flight requests", (int)sig,
              app->inflight);
     app->draining = true;
+    /* Event streams never finish by themselves: end them now. */
+    events_shutdown(app->events);
     if (app->listener) {
         evhttp_del_accept_socket(app->http, app->listener);
         app->listener = NULL;
@@ -103,6 +121,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "crier-api: %s\n", err);
         return 2;
     }
+    trim_trailing_slashes(cfg.public_url);
     log_init("crier-api", (enum log_level)cfg.log_level, (enum log_format)cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
 
@@ -126,6 +145,7 @@ int main(int argc, char **argv)
                         (int)cfg.pg_timeout_ms);
     redis_link_start(&app);
     tzdb_start(&app);
+    app.events = events_new(&app);
 
     app.http = evhttp_new(app.base);
     evhttp_set_timeout(app.http, (int)cfg.http_timeout_s);
@@ -148,12 +168,16 @@ int main(int argc, char **argv)
 
     event_base_dispatch(app.base);
 
-    /* The pool first: its pending callbacks answer their requests, which
-     * must still be alive; then the server frees its connections. */
+    /* Whatever holds a request goes before the server frees them: the pool
+     * (its pending callbacks answer their requests), the webhook secrets'
+     * waiters (answered by their loads, in the pool), then Redis (freeing
+     * the connection answers the pending XADDs' requests); then the server
+     * frees its connections. */
     pgpool_free(app.pg);
-    webhooks_cache_free(app.webhooks); /* after the pool: its loads answered their requests */
-    evhttp_free(app.http);
+    events_free(app.events); /* after the pool (a read's callback), before the server */
+    webhooks_cache_free(app.webhooks);
     redis_link_stop(&app);
+    evhttp_free(app.http);
     auth_cache_free(app.auth);
     tzdb_free(app.tzdb);
     if (app.drain_timer)

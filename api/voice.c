@@ -6,11 +6,18 @@
  * Both are signed by Twilio (webhooks_twilio_ok). The script is needed
  * synchronously, so each request reads PostgreSQL once: the delivery's
  * campaign agent config and the customer's template variables, by delivery
- * id and tenant id. The documents come from common/twiml.c. A gather's
- * answer goes to the inbound stream (kind twilio_gather with delivery and,
- * for a scripted question, q) before the next question is served, so an
- * answer is never acknowledged unrecorded; the worker applies it. A
- * delivery we cannot find (unknown, another tenant's, not a call) gets a
+ * id and tenant id. The documents come from common/twiml.c.
+ *
+ * A gather's answer goes to the inbound stream first (kind twilio_gather
+ * with delivery and, for a scripted question, q - both from the signed
+ * URL), before PostgreSQL is asked anything: an answer is recorded whether
+ * or not the script can be built, and never acknowledged unrecorded (Redis
+ * down: 503, Twilio tries the fallback URL). The worker applies it, or
+ * drops it when the delivery is not this tenant's call. Once the answer is
+ * recorded, a script that cannot be built (PostgreSQL down, the delivery
+ * unknown) ends the call with a short apology instead of an error.
+ *
+ * A delivery we cannot find (unknown, another tenant's, not a call) gets a
  * polite goodbye, not an error: Twilio would read an error to the caller. */
 #include <sys/queue.h>
 
@@ -53,16 +60,8 @@ struct voice_state {
     long long delivery;
     int q;       /* -1: no q (the call connects, or an AI agent is done) */
     bool gather; /* the gather endpoint (else the voice endpoint) */
-    char *twiml; /* the gather's reply, held while the answer is enqueued */
     char delivery_s[24], q_s[16];
 };
-
-static void state_free(void *p)
-{
-    struct voice_state *s = p;
-    free(s->twiml);
-    free(s);
-}
 
 /* ---------------------------------------------------------------------
  * Template variables
@@ -171,17 +170,20 @@ static bool parse_query(struct api_req *r, struct voice_state *s, const char **w
     return ok;
 }
 
-static void answer_enqueued(struct api_req *r)
-{
-    struct voice_state *s = r->state;
-    reply_twiml(r, s->twiml);
-}
-
 static void call_loaded(void *arg, PGresult *res, const char *errmsg, const char *sqlstate)
 {
     struct api_req *r = arg;
     struct voice_state *s = r->state;
     (void)sqlstate;
+    if (!res && s->gather) {
+        /* The answer is recorded: a 503 would have Twilio try the fallback
+         * URL, or read an error to the caller, for nothing. */
+        char why[320];
+        snprintf(why, sizeof(why), "answer for delivery %lld recorded, no script (%.256s)",
+                 s->delivery, errmsg);
+        reply_goodbye(r, why);
+        return;
+    }
     if (!res) {
         /* 503: Twilio tries the number's fallback URL, when one is set. */
         http_reply_dependency(r, "postgres", errmsg);
@@ -212,16 +214,17 @@ static void call_loaded(void *arg, PGresult *res, const char *errmsg, const char
         reply_goodbye(r, why);
         return;
     }
-    if (!s->gather) {
-        reply_twiml(r, buf_str(&b));
-        buf_cleanup(&b);
-        return;
-    }
-    /* The answer (or the AI agent's result) is recorded before the call
-     * goes on. */
-    s->twiml = buf_take(&b);
-    const char *extra[] = {"delivery", s->delivery_s, "q", s->q_s};
-    webhooks_enqueue(r, "twilio_gather", extra, s->q >= 0 ? 4 : 2, answer_enqueued);
+    reply_twiml(r, buf_str(&b));
+    buf_cleanup(&b);
+}
+
+static void load_call(struct api_req *r)
+{
+    struct voice_state *s = r->state;
+    char tenant[24];
+    snprintf(tenant, sizeof(tenant), "%lld", r->tenant_id);
+    const char *params[] = {tenant, s->delivery_s};
+    pgpool_query(r->app->pg, sql_call, 2, params, call_loaded, r);
 }
 
 static void serve(struct api_req *r, bool gather)
@@ -232,16 +235,20 @@ static void serve(struct api_req *r, bool gather)
     struct voice_state *s = xcalloc(1, sizeof(*s));
     s->gather = gather;
     r->state = s;
-    r->state_free = state_free;
+    r->state_free = free;
     const char *why = NULL;
     if (!parse_query(r, s, &why)) {
         reply_goodbye(r, why);
         return;
     }
-    char tenant[24];
-    snprintf(tenant, sizeof(tenant), "%lld", r->tenant_id);
-    const char *params[] = {tenant, s->delivery_s};
-    pgpool_query(r->app->pg, sql_call, 2, params, call_loaded, r);
+    if (!gather) {
+        load_call(r);
+        return;
+    }
+    /* The answer (or the AI agent's result) is recorded first; the next
+     * question is served once Redis has it. */
+    const char *extra[] = {"delivery", s->delivery_s, "q", s->q_s};
+    webhooks_enqueue(r, "twilio_gather", extra, s->q >= 0 ? 4 : 2, load_call);
 }
 
 void voice_twiml(struct api_req *r)

@@ -12,6 +12,14 @@
  * unknown tenants and forged requests cost at most one query per tenant per
  * WH_RECHECK_S. An unknown tenant looks exactly like a bad signature: 403.
  *
+ * The cache holds WH_MAX_TENANTS entries in two LRU lists: positive (a
+ * tenant with secrets) and negative (none: an unknown tenant, one without
+ * webhook accounts, a failed load). Anyone can make negative entries - the
+ * URLs carry no secret - so a full cache evicts the least recently used
+ * negative entry first, whatever its age, and a positive one only when no
+ * negative entry can go; loads are WH_MAX_LOADS at once (a cold miss past
+ * that is a 503, a recheck past that a plain 403).
+ *
  * The Twilio URL is rebuilt from CRIER_PUBLIC_URL + the request's path and
  * query, never from the socket (TLS proxies). A verified callback is
  * appended to the inbound stream, answered once Redis has it:
@@ -69,6 +77,12 @@ struct wh_tenant {
     int nsg;
     struct api_req **waiting; /* requests to run again when the load finishes */
     size_t nwait, capwait;
+    bool positive;                   /* on the positive list (else the negative) */
+    struct wh_tenant *newer, *older; /* that list, most recently used first */
+};
+
+struct wh_lru {
+    struct wh_tenant *head, *tail; /* most / least recently used */
 };
 
 struct webhooks_cache {
@@ -76,6 +90,7 @@ struct webhooks_cache {
     struct wh_tenant *slot[WH_SLOTS];
     int ntenants;
     int loads;
+    struct wh_lru pos, neg;
 };
 
 static double mono_now(void)
@@ -124,25 +139,60 @@ static unsigned slot_of(long long id)
     return (unsigned)(h >> 32) % WH_SLOTS;
 }
 
-/* Drops entries nobody waits for whose secrets are due for a reload anyway,
- * and those that hold none (unknown tenants) once they may be rechecked. */
-static void cache_sweep(struct webhooks_cache *c, double now)
+static void lru_unlink(struct webhooks_cache *c, struct wh_tenant *e)
 {
-    for (int i = 0; i < WH_SLOTS; i++) {
-        struct wh_tenant **pp = &c->slot[i];
-        while (*pp) {
-            struct wh_tenant *e = *pp;
-            double age = now - e->checked;
-            if (!e->loading && e->nwait == 0 &&
-                (age >= WH_TTL_S || (e->ntw == 0 && e->nsg == 0 && age >= WH_RECHECK_S))) {
-                *pp = e->next;
-                tenant_free(e);
-                c->ntenants--;
-            } else {
-                pp = &e->next;
-            }
-        }
+    struct wh_lru *l = e->positive ? &c->pos : &c->neg;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        l->head = e->older;
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        l->tail = e->newer;
+    e->newer = e->older = NULL;
+}
+
+static void lru_push(struct webhooks_cache *c, struct wh_tenant *e)
+{
+    struct wh_lru *l = e->positive ? &c->pos : &c->neg;
+    e->newer = NULL;
+    e->older = l->head;
+    if (l->head)
+        l->head->newer = e;
+    else
+        l->tail = e;
+    l->head = e;
+}
+
+/* e was used: the most recent of its list, which its secrets decide. */
+static void lru_touch(struct webhooks_cache *c, struct wh_tenant *e)
+{
+    lru_unlink(c, e);
+    e->positive = e->loaded && (e->ntw > 0 || e->nsg > 0);
+    lru_push(c, e);
+}
+
+/* Makes room for one entry: the least recently used negative entry nobody
+ * waits for, else such a positive one. False when every entry is busy. */
+static bool cache_evict(struct webhooks_cache *c)
+{
+    struct wh_tenant *e = NULL;
+    for (int pass = 0; pass < 2 && !e; pass++) {
+        e = pass == 0 ? c->neg.tail : c->pos.tail;
+        while (e && (e->loading || e->nwait > 0))
+            e = e->newer; /* a load in flight holds it; at most WH_MAX_LOADS */
     }
+    if (!e)
+        return false;
+    lru_unlink(c, e);
+    struct wh_tenant **pp = &c->slot[slot_of(e->id)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    tenant_free(e);
+    c->ntenants--;
+    return true;
 }
 
 /* Keeps one account's verification secret from a loaded row. */
@@ -208,6 +258,7 @@ static void secrets_loaded(void *arg, PGresult *res, const char *errmsg, const c
     } else {
         log_warn("webhook secrets of tenant %lld not loaded: %s", e->id, errmsg);
     }
+    lru_touch(c, e);
     /* Detach the waiters first: a request that runs again never queues on
      * this list (its entry was just checked), but keep it obviously safe. */
     struct api_req **waiting = e->waiting;
@@ -223,26 +274,39 @@ static void secrets_loaded(void *arg, PGresult *res, const char *errmsg, const c
     free(waiting);
 }
 
-static void secrets_load(struct wh_tenant *e)
+/* Starts a load of e's secrets unless one runs; false when WH_MAX_LOADS
+ * run already (nothing started). */
+static bool secrets_load(struct wh_tenant *e)
 {
     if (e->loading)
-        return;
+        return true;
+    if (e->cache->loads >= WH_MAX_LOADS)
+        return false;
     e->loading = true;
     e->cache->loads++;
     char id[24];
     snprintf(id, sizeof(id), "%lld", e->id);
     const char *params[] = {id};
     pgpool_query(e->cache->app->pg, sql_secrets, 1, params, secrets_loaded, e);
+    return true;
 }
 
-static void wait_for_load(struct wh_tenant *e, struct api_req *r)
+/* Queues r on a load of e's secrets; false when no load can start. */
+static bool wait_for_load(struct wh_tenant *e, struct api_req *r)
 {
+    if (!secrets_load(e))
+        return false;
     if (e->nwait == e->capwait) {
         e->capwait = e->capwait ? e->capwait * 2 : 8;
         e->waiting = xrealloc(e->waiting, e->capwait * sizeof(*e->waiting));
     }
     e->waiting[e->nwait++] = r;
-    secrets_load(e);
+    return true;
+}
+
+static void reply_busy(struct api_req *r)
+{
+    http_reply_error(r, 503, "busy", "too many webhook tenants being checked; retry later", NULL);
 }
 
 /* The tenant's secrets, or NULL when the request was taken over: queued on
@@ -261,11 +325,9 @@ static struct wh_tenant *tenant_or_take(struct api_req *r)
     while (e && e->id != r->tenant_id)
         e = e->next;
     if (!e) {
-        if (c->ntenants >= WH_MAX_TENANTS)
-            cache_sweep(c, now);
-        if (c->ntenants >= WH_MAX_TENANTS || c->loads >= WH_MAX_LOADS) {
-            http_reply_error(r, 503, "busy", "too many webhook tenants being checked; retry later",
-                             NULL);
+        /* A cold miss: a load, and room for its entry. */
+        if (c->loads >= WH_MAX_LOADS || (c->ntenants >= WH_MAX_TENANTS && !cache_evict(c))) {
+            reply_busy(r);
             return NULL;
         }
         e = xcalloc(1, sizeof(*e));
@@ -274,17 +336,21 @@ static struct wh_tenant *tenant_or_take(struct api_req *r)
         e->next = c->slot[s];
         c->slot[s] = e;
         c->ntenants++;
+        lru_push(c, e); /* negative until its secrets are loaded */
+    } else {
+        lru_touch(c, e);
     }
     if (!e->loaded) {
         if (e->loading || now - e->checked >= WH_RECHECK_S || e->checked == 0) {
-            wait_for_load(e, r);
+            if (!wait_for_load(e, r))
+                reply_busy(r);
         } else {
             http_reply_dependency(r, "postgres", "webhook secrets not loaded yet");
         }
         return NULL;
     }
     if (now - e->checked >= WH_TTL_S)
-        secrets_load(e); /* answer from what we have meanwhile */
+        (void)secrets_load(e); /* answer from what we have meanwhile; retried when busy */
     return e;
 }
 
@@ -292,10 +358,8 @@ static struct wh_tenant *tenant_or_take(struct api_req *r)
  * and run the request again; otherwise 403. Returns false either way. */
 static bool reject_or_recheck(struct api_req *r, struct wh_tenant *e, const char *why)
 {
-    if (e->loading || mono_now() - e->checked >= WH_RECHECK_S) {
-        wait_for_load(e, r);
+    if ((e->loading || mono_now() - e->checked >= WH_RECHECK_S) && wait_for_load(e, r))
         return false;
-    }
     log_info("webhook %s rejected: %s", r->path, why);
     http_reply_error(r, 403, "invalid_signature", "the request's signature does not verify", NULL);
     return false;
@@ -343,11 +407,7 @@ bool webhooks_twilio_ok(struct api_req *r)
     if (!e)
         return false;
     /* The URL Twilio called, from configuration: CRIER_PUBLIC_URL + path + query. */
-    const char *base = r->app->cfg->public_url;
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
-    char *url = xasprintf("%.*s%s%s%s", (int)blen, base, r->path, r->query ? "?" : "",
+    char *url = xasprintf("%s%s%s%s", r->app->cfg->public_url, r->path, r->query ? "?" : "",
                           r->query ? r->query : "");
     const char *ct = in_header(r, "Content-Type");
     char sid[40] = "";

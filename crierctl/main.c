@@ -1,7 +1,7 @@
 /* crierctl - crier's admin command line: migrations, tenants, API keys and
  * provider accounts talk to PostgreSQL directly (the bootstrap path: no API
- * key exists when it first runs); import goes through the HTTP API like any
- * client (CRIER_API_URL, CRIER_API_KEY). */
+ * key exists when it first runs); import and watch go through the HTTP API
+ * like any client (CRIER_API_URL, CRIER_API_KEY). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +18,9 @@ static const struct cfg_row ctl_rows[] = {
     {"CRIER_SECRET_KEY", CFG_STRING, offsetof(struct ctl_config, secret_key), NULL, 0, 0, NULL, 0,
      1, "32-byte key (64 hex or base64) sealing provider credentials"},
     {"CRIER_API_URL", CFG_STRING, offsetof(struct ctl_config, api_url), "http://127.0.0.1:8080", 0,
-     0, NULL, 0, 0, "base URL of crier-api (crierctl import)"},
+     0, NULL, 0, 0, "base URL of crier-api (crierctl import, watch)"},
     {"CRIER_API_KEY", CFG_STRING, offsetof(struct ctl_config, api_key), NULL, 0, 0, NULL, 0, 1,
-     "API key crierctl import sends (crier_<id>_<secret>)"},
+     "API key crierctl import and watch send (crier_<id>_<secret>)"},
     CFG_COMMON_ROWS(struct ctl_config),
 };
 #define NROWS (sizeof(ctl_rows) / sizeof(ctl_rows[0]))
@@ -43,7 +43,10 @@ static const char usage[] =
     "  import [--type customers|interactions|appointments] [--format ndjson|csv]\n"
     "         [--chunk-lines N] [--parallel N] [--quiet] FILE\n"
     "                                   upsert FILE through the API (CRIER_API_URL,\n"
-    "                                   CRIER_API_KEY) with a progress bar";
+    "                                   CRIER_API_KEY) with a progress bar\n"
+    "  watch [--plain] CAMPAIGN_ID      follow a campaign's progress through the API's event\n"
+    "                                   stream until it is completed or cancelled (a live\n"
+    "                                   display on a terminal, key=value lines otherwise)";
 
 int main(int argc, char **argv)
 {
@@ -71,6 +74,8 @@ int main(int argc, char **argv)
         rc = ctl_provider(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "import") == 0)
         rc = ctl_import(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "watch") == 0)
+        rc = ctl_watch(&cfg, argc - 2, argv + 2);
     else {
         fprintf(stderr, "crierctl: unknown command %s\n\n", cmd);
         cfg_print_help(ctl_rows, NROWS, usage);

@@ -12,7 +12,8 @@
 --   duplicate   the event's dedupe key was already in inbound_seen
 --   unmatched   no delivery of this tenant (another tenant's, or none)
 --   wait        the delivery exists but its send is not written yet (or
---               no delivery has this provider id yet): the entry stays
+--               no delivery has this provider id yet while one of the
+--               tenant's SMS or calls is 'sending'): the entry stays
 --               pending and is retried; nothing was written
 --   ignored     an event kind crier does not act on
 -- 'wait' is decided before the dedupe key is taken, so a retried entry is
@@ -107,12 +108,17 @@ BEGIN
     SELECT id, channel, status INTO d FROM deliveries
      WHERE provider_message_id = sid AND tenant_id = tenant AND channel IN ('sms', 'voice');
     IF NOT FOUND THEN
-        -- Another tenant's message is never touched; an id nobody has yet
-        -- may be a send whose outcome is still being written.
-        IF EXISTS (SELECT 1 FROM deliveries WHERE provider_message_id = sid) THEN
-            RETURN 'unmatched';
+        -- Another tenant's message is never touched (nor looked at). A sid
+        -- none of this tenant's deliveries has yet may be a send whose
+        -- outcome is still being written: only while one of its SMS or
+        -- calls is 'sending' (claimed, outcome not written).
+        IF EXISTS (SELECT 1 FROM campaigns k
+                     JOIN deliveries x ON x.campaign_id = k.id AND x.status = 'sending'
+                      AND x.tenant_id = tenant
+                    WHERE k.tenant_id = tenant AND k.channel IN ('sms', 'voice')) THEN
+            RETURN 'wait';
         END IF;
-        RETURN 'wait';
+        RETURN 'unmatched';
     END IF;
     IF NOT crier_inbound_seen(tenant, sid || ':' || pstatus) THEN
         RETURN 'duplicate';
@@ -191,7 +197,7 @@ BEGIN
         INSERT INTO suppressions (tenant_id, channel, address, reason)
             VALUES (tenant, 'sms', v_addr, 'stop_keyword') ON CONFLICT DO NOTHING;
         UPDATE deliveries SET opted_out_at = now(), updated_at = now()
-         WHERE id = v_did AND opted_out_at IS NULL;
+         WHERE id = v_did AND tenant_id = tenant AND opted_out_at IS NULL;
         res := 'applied';
     ELSIF v_kw = 'start' THEN
         UPDATE customers c SET sms_opt_out = false, updated_at = now()
@@ -202,7 +208,7 @@ BEGIN
     END IF;
     IF v_kw IS DISTINCT FROM 'stop' AND v_status IN ('sent', 'delivered') THEN
         UPDATE deliveries SET status = 'responded', responded_at = now(), updated_at = now()
-         WHERE id = v_did AND status IN ('sent', 'delivered');
+         WHERE id = v_did AND tenant_id = tenant AND status IN ('sent', 'delivered');
         res := 'applied';
     END IF;
     INSERT INTO messages (tenant_id, delivery_id, customer_id, direction, channel, body,
@@ -247,7 +253,7 @@ BEGIN
             jsonb_strip_nulls(jsonb_build_object('q', p->'q', 'confidence', p->'confidence',
                                                  'digits', p->'digits')));
     UPDATE deliveries SET status = 'responded', responded_at = now(), updated_at = now()
-     WHERE id = did AND status IN ('sent', 'delivered');
+     WHERE id = did AND tenant_id = tenant AND status IN ('sent', 'delivered');
     RETURN CASE WHEN FOUND THEN 'applied' ELSE 'unchanged' END;
 END $$;
 
@@ -318,10 +324,10 @@ BEGIN
         RETURN crier_delivery_report(v_id, tenant, kind, NULL, NULL, NULL, v_at);
     ELSIF kind = 'open' THEN
         UPDATE deliveries SET opened_at = v_at, updated_at = now()
-         WHERE id = v_id AND opened_at IS NULL;
+         WHERE id = v_id AND tenant_id = tenant AND opened_at IS NULL;
     ELSIF kind = 'click' THEN
         UPDATE deliveries SET clicked_at = v_at, updated_at = now()
-         WHERE id = v_id AND clicked_at IS NULL;
+         WHERE id = v_id AND tenant_id = tenant AND clicked_at IS NULL;
     ELSIF kind IN ('spamreport', 'unsubscribe', 'group_unsubscribe') THEN
         IF addr IS NOT NULL THEN
             INSERT INTO suppressions (tenant_id, channel, address, reason)
@@ -334,7 +340,7 @@ BEGIN
              WHERE c.tenant_id = tenant AND c.id = v_cust AND NOT c.email_opt_out;
         END IF;
         UPDATE deliveries SET opted_out_at = v_at, updated_at = now()
-         WHERE id = v_id AND opted_out_at IS NULL;
+         WHERE id = v_id AND tenant_id = tenant AND opted_out_at IS NULL;
     ELSE
         RETURN 'ignored';
     END IF;

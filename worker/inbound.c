@@ -15,22 +15,46 @@
  * applied by one statement - crier_inbound_batch (migration 0010), one
  * transaction - and then acknowledged. The rules (monotonic status,
  * attribution of replies, keywords, suppressions, dedupe in inbound_seen)
- * live in that migration.
+ * live in that migration. A batch ends before the entry whose events would
+ * take its payloads past INBOUND_MAX_PAYLOADS / 4: that entry and the ones
+ * after it stay pending and are read again at once (this consumer's own
+ * pending entries, below), never dropped.
  *
  * Failures: an entry that cannot be parsed is logged (never its body) and
- * acknowledged. A batch whose statement fails is applied again entry by
+ * acknowledged; so is one deleted from the stream while pending. A batch
+ * whose statement fails for a reason of its own is applied again entry by
  * entry; an entry that fails alone for a reason other than the connection,
  * a deadlock or a timeout is logged and acknowledged (it would fail again).
- * An entry whose delivery is not written yet ('wait': a receipt faster than
- * the send's outcome) stays pending and is reclaimed after INBOUND_IDLE_MS;
- * it is acknowledged as unmatched once older than INBOUND_WAIT_MS.
+ * When PostgreSQL is unreachable (or fails the statement for a transient
+ * reason) the entries stay pending and the consumer backs off - 1 s, doubled
+ * up to 30 s - instead of reading new entries, which wait in the stream;
+ * then it reads its own pending entries again (XREADGROUP from id 0, page by
+ * page) before anything new. An entry that keeps failing transiently on its
+ * own (while PostgreSQL answers) is given up after INBOUND_MAX_TRIES tries,
+ * logged and acknowledged; failures of the connection count against an
+ * entry only when the entry after it goes through (a batch that keeps
+ * losing its connection is tried entry by entry once the back-off reaches
+ * INBOUND_ALONE_AFTER_MS), so an outage, however long, drops nothing. Not
+ * Redis's delivery count nor the entry's age: both grow during an outage. An entry whose delivery
+ * is not written yet ('wait': a receipt faster than the send's outcome) stays pending and is
+ * reclaimed after INBOUND_IDLE_MS; it is acknowledged as unmatched once older than INBOUND_WAIT_MS
+ * (a status callback's sid is logged then, as it is when it matches none of the tenant's
+ * deliveries: an operator can look for a delivery left 'unknown').
  *
  * A worker reads its next batch once the last one is committed, so the
  * events of one delivery are applied in stream order (a reclaim, between
  * batches, may overlap one; the SQL is monotonic anyway, so the order
  * between workers does not matter either). The blocking XREADGROUP has a
  * connection of its own; acknowledgements and reclaims go through the
- * worker's write connection. */
+ * worker's write connection. Reclaims (XAUTOCLAIM, every
+ * INBOUND_RECLAIM_EVERY s) follow the cursor at once while pages come back
+ * full. Deleted entries: Redis 7 drops them from the group itself; 6.2
+ * claims them and answers nil without an id, so this consumer then reads
+ * its own pending entries, where they appear as [id, nil], and acknowledges
+ * them.
+ *
+ * Housekeeping (trimming the stream, purging old dedupe keys) is
+ * upkeep.c's. */
 #include <hiredis/adapters/libevent.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +63,7 @@
 
 #include "log.h"
 #include "phone.h"
+#include "upkeep.h"
 #include "websig.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -47,6 +72,12 @@
 #define INBOUND_IDLE_MS 60000    /* a pending entry this idle is reclaimed */
 #define INBOUND_WAIT_MS 300000   /* 'wait' entries older than this are given up */
 #define INBOUND_RECLAIM_EVERY 15 /* ticks (seconds) */
+#define INBOUND_BACKOFF_MIN_MS 1000
+#define INBOUND_BACKOFF_MAX_MS 30000
+#define INBOUND_ALONE_AFTER_MS                                                                     \
+    4000                    /* back-off from which a failing batch is tried entry by entry */
+#define INBOUND_MAX_TRIES 5 /* transient failures of an entry alone before it is given up */
+#define INBOUND_TRIES_SLOTS 64
 #define INBOUND_MAX_PAYLOADS (64u << 20)
 #define INBOUND_FIELD_MAX 256                   /* sids, statuses, phone numbers, codes */
 #define INBOUND_BODY_MAX 16384                  /* an SMS body (1600 characters of up to 4 bytes) */
@@ -73,23 +104,51 @@ static const char *const inbound_kind_names[INBOUND_NKINDS] = {
 static const char sql_apply[] =
     "SELECT r FROM crier_inbound_batch($1::text[], $2::bigint[], $3::jsonb[], $4::int) r";
 
+/* Where a batch's entries came from. */
+enum batch_source { SRC_NEW = 0, SRC_HISTORY, SRC_RECLAIM };
+
+/* Transient failures of one entry on its own (in-process: another worker
+ * that reclaims it counts afresh). */
+struct tries {
+    char id[32];
+    int n;
+};
+
 struct inbound {
     struct worker *w;
     redisAsyncContext *rd; /* blocking reads only */
     bool rd_ready;
-    bool reading;    /* an XREADGROUP is outstanding */
-    bool reclaiming; /* an XAUTOCLAIM is outstanding */
-    int applying;    /* batches whose statements are running */
+    bool reading;         /* an XREADGROUP is outstanding */
+    bool reading_history; /* ... of this consumer's pending entries */
+    bool reclaiming;      /* an XAUTOCLAIM is outstanding */
+    int applying;         /* batches whose statements are running */
     int ticks;
-    long long applied, dropped;
+    /* After a transient failure: nothing is read before backoff_until
+     * (CLOCK_MONOTONIC ms); then this consumer's pending entries after
+     * history_from, page by page, before new ones. */
+    long backoff_ms;
+    long long backoff_until;
+    bool history;
+    char history_from[32];
+    char reclaim_from[32]; /* XAUTOCLAIM's cursor while pages come back full */
+    bool reclaim_more;
+    struct upkeep *upkeep;
+    struct tries tries[INBOUND_TRIES_SLOTS];
+    int ntries;
+    long long applied, dropped, gave_up;
 };
 
 /* One stream entry and what became of it. */
 struct entry {
     char id[32];
     int first, nevents; /* its events in the batch */
-    bool transient;     /* its statement failed for now: stays pending */
-    bool wait;          /* some event waits for its delivery */
+    long long tenant;
+    bool transient;   /* its statement failed for now: stays pending */
+    bool wait;        /* some event waits for its delivery */
+    bool unmatched;   /* a status callback whose sid none of the tenant's deliveries has */
+    bool left;        /* not in this batch (too large for it): read again */
+    char sqlstate[6]; /* of its transient failure */
+    char sid[40];     /* twilio_status: the MessageSid / CallSid, for the log */
 };
 
 /* One event: a row of crier_inbound_batch's arrays. */
@@ -102,12 +161,18 @@ struct event {
 /* A batch of entries on its way through the database. */
 struct batch {
     struct inbound *in;
+    enum batch_source src;
     int n;
     struct entry *e;
     struct event *ev;
     int nevents, evcap;
-    size_t bytes; /* of the payloads */
-    int next;     /* entry by entry (after the batch failed): the one running */
+    size_t bytes;         /* of the payloads */
+    int next;             /* entry by entry (after the batch failed): the one running */
+    int applied_alone;    /* entries that succeeded on their own */
+    bool down_once;       /* entry by entry: the last one failed as if PostgreSQL were down */
+    int left;             /* entries left for the next batch */
+    char resume_from[32]; /* the last entry before the first left one */
+    char last_id[32];     /* the page's last entry */
 };
 
 /* ---------------------------------------------------------------------
@@ -283,9 +348,11 @@ static enum cr_err add_event(struct batch *b, const char *kind, long long tenant
 }
 
 /* Each parser adds the entry's events, or returns a reason it cannot
- * (logged, never with the body). */
-static const char *parse_twilio_status(struct batch *b, long long tenant, const char *body,
-                                       size_t len)
+ * (logged, never with the body); too_large when they do not fit the batch. */
+static const char too_large[] = "too large for one statement";
+
+static const char *parse_twilio_status(struct batch *b, struct entry *e, long long tenant,
+                                       const char *body, size_t len)
 {
     char sid[INBOUND_FIELD_MAX], status[INBOUND_FIELD_MAX], code[INBOUND_FIELD_MAX],
         amd[INBOUND_FIELD_MAX];
@@ -302,6 +369,7 @@ static const char *parse_twilio_status(struct batch *b, long long tenant, const 
         return "no valid MessageSid/CallSid and status";
     for (char *p = status; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    snprintf(e->sid, sizeof(e->sid), "%.*s", (int)sizeof(e->sid) - 1, sid); /* for the log */
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "sid", sid);
     cJSON_AddStringToObject(p, "status", status);
@@ -309,7 +377,7 @@ static const char *parse_twilio_status(struct batch *b, long long tenant, const 
         cJSON_AddStringToObject(p, "error_code", code);
     if (is_token(amd))
         cJSON_AddStringToObject(p, "answered_by", amd);
-    return add_event(b, inbound_kind_names[INBOUND_TWILIO_STATUS], tenant, p) ? "too large" : NULL;
+    return add_event(b, inbound_kind_names[INBOUND_TWILIO_STATUS], tenant, p) ? too_large : NULL;
 }
 
 static const char *parse_twilio_sms(struct batch *b, long long tenant, const char *body, size_t len)
@@ -337,7 +405,7 @@ static const char *parse_twilio_sms(struct batch *b, long long tenant, const cha
         cJSON_AddStringToObject(p, "phone", phone);
     add_opt(p, "keyword", sms_keyword(text));
     if (add_event(b, inbound_kind_names[INBOUND_TWILIO_SMS], tenant, p))
-        why = "too large";
+        why = too_large;
 out:
     free(text);
     return why;
@@ -372,7 +440,7 @@ static const char *parse_twilio_gather(struct batch *b, long long tenant, const 
     if (conf[0] && end && !*end && c >= 0 && c <= 1)
         cJSON_AddNumberToObject(p, "confidence", c);
     free(speech);
-    return add_event(b, inbound_kind_names[INBOUND_TWILIO_GATHER], tenant, p) ? "too large" : NULL;
+    return add_event(b, inbound_kind_names[INBOUND_TWILIO_GATHER], tenant, p) ? too_large : NULL;
 }
 
 /* Every well-formed event of the array (an object with a string "event"
@@ -410,7 +478,7 @@ static const char *parse_sendgrid(struct batch *b, long long tenant, const char 
                 cJSON_ReplaceItemInObjectCaseSensitive(ev, "tenant_id", cJSON_CreateString(num));
             }
             if (add_event(b, INBOUND_SENDGRID_EVENT, tenant, cJSON_DetachItemViaPointer(root, ev)))
-                why = "too large";
+                why = too_large;
         }
         ev = next;
     }
@@ -420,15 +488,17 @@ static const char *parse_sendgrid(struct batch *b, long long tenant, const char 
     return why;
 }
 
-/* Parses one stream entry into b; false (logged) when it is malformed. */
-static bool parse_entry(struct batch *b, const redisReply *en, struct entry *e)
+enum parse_result { PARSE_OK = 0, PARSE_BAD, PARSE_DELETED, PARSE_FULL };
+
+/* Parses one stream entry into b: PARSE_BAD (logged) when it is malformed,
+ * PARSE_DELETED when it was deleted from the stream ([id, nil]: a pending
+ * entry read again), PARSE_FULL when its events do not fit the batch. */
+static enum parse_result parse_entry(struct batch *b, const redisReply *en, struct entry *e)
 {
     const redisReply *fields = en->element[1];
     e->first = b->nevents;
-    if (fields->type != REDIS_REPLY_ARRAY) {
-        log_warn("inbound %s: no fields; acknowledged", e->id);
-        return false;
-    }
+    if (fields->type != REDIS_REPLY_ARRAY)
+        return PARSE_DELETED;
     const char *kind = entry_field(fields, "kind");
     const char *body = entry_field(fields, "body");
     long long tenant = 0;
@@ -442,6 +512,7 @@ static bool parse_entry(struct batch *b, const redisReply *en, struct entry *e)
         why = "no valid tenant";
     else if (!body)
         why = "no body";
+    e->tenant = tenant;
     if (!why) {
         size_t len = 0;
         for (size_t i = 0; i + 1 < fields->elements; i += 2)
@@ -449,7 +520,7 @@ static bool parse_entry(struct batch *b, const redisReply *en, struct entry *e)
                 len = fields->element[i + 1]->len;
         switch ((enum inbound_kind)k) {
         case INBOUND_TWILIO_STATUS:
-            why = parse_twilio_status(b, tenant, body, len);
+            why = parse_twilio_status(b, e, tenant, body, len);
             break;
         case INBOUND_TWILIO_SMS:
             why = parse_twilio_sms(b, tenant, body, len);
@@ -465,22 +536,25 @@ static bool parse_entry(struct batch *b, const redisReply *en, struct entry *e)
         }
     }
     e->nevents = b->nevents - e->first;
+    if (why == too_large && e->first > 0)
+        return PARSE_FULL; /* the next batch takes it */
     if (why) {
         log_warn("inbound %s (%s, tenant %lld): %s; acknowledged", e->id, kind ? kind : "?", tenant,
                  why);
-        return false;
+        return PARSE_BAD;
     }
-    return true;
+    return PARSE_OK;
 }
 
 /* ---------------------------------------------------------------------
  * Applying
  * ------------------------------------------------------------------- */
 
-static struct batch *batch_new(struct inbound *in, int n)
+static struct batch *batch_new(struct inbound *in, int n, enum batch_source src)
 {
     struct batch *b = xcalloc(1, sizeof(*b));
     b->in = in;
+    b->src = src;
     b->n = n;
     b->e = xcalloc((size_t)(n > 0 ? n : 1), sizeof(*b->e));
     return b;
@@ -495,18 +569,32 @@ static void batch_free(struct batch *b)
     free(b);
 }
 
-/* Connection, deadlock, serialisation, resources, cancel/timeout, shutdown:
- * the same statement may well succeed later. */
+/* PostgreSQL unreachable, shutting down or out of resources: says nothing
+ * about the statement, which will run later. */
+static bool server_down(const char *sqlstate)
+{
+    return !sqlstate || !*sqlstate || !strncmp(sqlstate, "08", 2) || !strncmp(sqlstate, "57P", 3) ||
+           !strncmp(sqlstate, "53", 2);
+}
+
+/* The above, a deadlock or serialisation failure, a cancel or timeout: the
+ * same statement may well succeed later. */
 static bool transient(const char *sqlstate)
 {
-    return !sqlstate || !*sqlstate || !strncmp(sqlstate, "08", 2) || !strncmp(sqlstate, "40", 2) ||
-           !strncmp(sqlstate, "53", 2) || !strncmp(sqlstate, "57", 2);
+    return server_down(sqlstate) || !strncmp(sqlstate, "40", 2) || !strncmp(sqlstate, "57", 2);
 }
 
 static long long now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -536,23 +624,97 @@ static void run_events(struct worker *w, const struct event *ev, int from, int t
     pgarr_cleanup(&p);
 }
 
-/* Acknowledges what is done and ends the batch. */
+/* The transient failures of entry id on its own, one more; the count. */
+static int tries_bump(struct inbound *in, const char *id)
+{
+    int i = 0, low = 0;
+    while (i < in->ntries && strcmp(in->tries[i].id, id) != 0) {
+        if (in->tries[i].n < in->tries[low].n)
+            low = i;
+        i++;
+    }
+    if (i == in->ntries) {
+        if (in->ntries < INBOUND_TRIES_SLOTS)
+            in->ntries++;
+        else
+            i = low; /* full: forget the entry tried least */
+        snprintf(in->tries[i].id, sizeof(in->tries[i].id), "%s", id);
+        in->tries[i].n = 0;
+    }
+    return ++in->tries[i].n;
+}
+
+static void tries_forget(struct inbound *in, const char *id)
+{
+    for (int i = 0; i < in->ntries; i++)
+        if (!strcmp(in->tries[i].id, id)) {
+            in->tries[i] = in->tries[--in->ntries];
+            return;
+        }
+}
+
+/* After a batch with entries left pending for a transient reason: no
+ * reading for a while, then those entries first. */
+static void back_off(struct inbound *in, int n, const char *why)
+{
+    bool first = in->backoff_ms == 0;
+    in->backoff_ms = first ? INBOUND_BACKOFF_MIN_MS
+                           : (in->backoff_ms * 2 > INBOUND_BACKOFF_MAX_MS ? INBOUND_BACKOFF_MAX_MS
+                                                                          : in->backoff_ms * 2);
+    in->backoff_until = mono_ms() + in->backoff_ms;
+    in->history = true;
+    snprintf(in->history_from, sizeof(in->history_from), "0");
+    if (first)
+        log_warn("inbound: %d entries stay pending (%s); retrying in %ld s, up to every %d s, "
+                 "while new entries wait in the stream",
+                 n, why, in->backoff_ms / 1000, INBOUND_BACKOFF_MAX_MS / 1000);
+}
+
+/* Acknowledges what is done, decides what to read next and ends the batch. */
 static void batch_finish(struct batch *b)
 {
     struct inbound *in = b->in;
     char **ids = xcalloc((size_t)(b->n > 0 ? b->n : 1), sizeof(char *));
-    int nack = 0, waiting = 0, gave_up = 0;
+    int nack = 0, waiting = 0, gave_up = 0, pending = 0;
+    const char *why = NULL;
     long long now = now_ms();
     for (int i = 0; i < b->n; i++) {
         struct entry *e = &b->e[i];
-        if (e->transient || !e->id[0])
+        if (e->left || !e->id[0])
             continue;
+        if (e->transient) {
+            /* Counted against the entry only when PostgreSQL answered:
+             * it named the failure, or took other entries meanwhile. */
+            bool counts = b->applied_alone > 0 || !server_down(e->sqlstate);
+            if (!counts || tries_bump(in, e->id) < INBOUND_MAX_TRIES) {
+                pending++;
+                if (!why || !server_down(e->sqlstate))
+                    why = server_down(e->sqlstate) ? "PostgreSQL unavailable" : "transient failure";
+                continue;
+            }
+            log_warn("inbound %s (tenant %lld) failed %d times on its own (SQLSTATE %s); given up "
+                     "and acknowledged",
+                     e->id, e->tenant, INBOUND_MAX_TRIES, e->sqlstate[0] ? e->sqlstate : "-");
+            in->gave_up++;
+        }
+        if (in->ntries > 0)
+            tries_forget(in, e->id);
         if (e->wait) {
             if (now - strtoll(e->id, NULL, 10) < INBOUND_WAIT_MS) {
                 waiting++;
                 continue;
             }
             gave_up++;
+            if (e->sid[0])
+                log_info("inbound %s: status callback for %s (tenant %lld) matched no written "
+                         "delivery in %d s; acknowledged (a delivery left 'unknown' may be its "
+                         "send)",
+                         e->id, e->sid, e->tenant, INBOUND_WAIT_MS / 1000);
+        } else if (e->unmatched && e->sid[0]) {
+            log_info(
+                "inbound %s: status callback for %s (tenant %lld) matches none of the "
+                "tenant's deliveries; acknowledged (a delivery left 'unknown' may be its send)",
+                e->id, e->sid, e->tenant);
         }
         ids[nack++] = e->id;
     }
@@ -563,9 +725,33 @@ static void batch_finish(struct batch *b)
     if (gave_up > 0)
         log_info("%d inbound entries matched no written delivery in %d s; acknowledged", gave_up,
                  INBOUND_WAIT_MS / 1000);
+    /* What to read next. */
+    if (pending > 0) {
+        back_off(in, pending, why);
+    } else {
+        if (in->backoff_ms > 0)
+            log_info("inbound: entries apply again; reading the pending ones first");
+        in->backoff_ms = 0;
+        if (b->left > 0) {
+            in->history = true; /* from the entry before the first left one */
+            if (b->resume_from[0])
+                snprintf(in->history_from, sizeof(in->history_from), "%s", b->resume_from);
+            else if (b->src != SRC_HISTORY)
+                snprintf(in->history_from, sizeof(in->history_from), "0");
+        } else if (b->src == SRC_HISTORY && b->last_id[0]) {
+            snprintf(in->history_from, sizeof(in->history_from), "%s", b->last_id);
+        }
+    }
     in->applying--;
     batch_free(b);
     inbound_maybe_read(in->w);
+}
+
+/* Shutting down: the entries stay pending, for another worker. */
+static void batch_abandon(struct batch *b)
+{
+    b->in->applying--;
+    batch_free(b);
 }
 
 /* Reads the result words of entries [from, to), whose events start at row
@@ -582,8 +768,20 @@ static void take_results(struct batch *b, PGresult *res, int from, int to, int o
                 e->wait = true;
             else if (!strcmp(word, "applied"))
                 b->in->applied++;
+            else if (!strcmp(word, "unmatched"))
+                e->unmatched = true;
         }
     }
+}
+
+/* Entries [from, n) with events stay pending for a transient reason. */
+static void mark_transient(struct batch *b, int from, const char *sqlstate)
+{
+    for (int i = from; i < b->n; i++)
+        if (b->e[i].nevents > 0) {
+            b->e[i].transient = true;
+            snprintf(b->e[i].sqlstate, sizeof(b->e[i].sqlstate), "%s", sqlstate ? sqlstate : "");
+        }
 }
 
 static void apply_next(struct batch *b);
@@ -592,16 +790,34 @@ static void one_done(void *arg, PGresult *res, const char *errmsg, const char *s
 {
     struct batch *b = arg;
     struct entry *e = &b->e[b->next];
+    if (!res && b->in->w->stopping) {
+        batch_abandon(b);
+        return;
+    }
     if (res) {
         take_results(b, res, b->next, b->next + 1, e->first);
+        b->applied_alone++;
+    } else if (server_down(sqlstate) && b->down_once) {
+        /* Twice in a row: PostgreSQL is down, the rest would fail alike
+         * (they stay pending, untried). */
+        log_warn("inbound %s: %s; it and the %d after it stay pending", e->id, errmsg,
+                 b->n - b->next - 1);
+        mark_transient(b, b->next, sqlstate);
+        batch_finish(b);
+        return;
     } else if (transient(sqlstate)) {
+        /* Pending; counted against the entry (batch_finish) when
+         * PostgreSQL named the failure or took another entry meanwhile -
+         * after a "connection lost", the next entry tells. */
         e->transient = true;
+        snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", sqlstate ? sqlstate : "");
         log_warn("inbound %s: %s; it stays pending", e->id, errmsg);
     } else {
         b->in->dropped++;
         log_warn("inbound %s cannot be applied (SQLSTATE %s: %s); acknowledged", e->id, sqlstate,
                  errmsg);
     }
+    b->down_once = !res && server_down(sqlstate);
     b->next++;
     apply_next(b);
 }
@@ -627,43 +843,90 @@ static void batch_done(void *arg, PGresult *res, const char *errmsg, const char 
         batch_finish(b);
         return;
     }
+    if (b->in->w->stopping) {
+        batch_abandon(b);
+        return;
+    }
+    if (server_down(sqlstate) && b->in->backoff_ms < INBOUND_ALONE_AFTER_MS) {
+        mark_transient(b, 0, sqlstate);
+        log_warn("inbound batch of %d entries not applied: %s", b->n, errmsg);
+        batch_finish(b);
+        return;
+    }
+    /* Failed for a reason of its own - or, failing after back-offs, maybe
+     * because of one entry that breaks the connection: entry by entry. */
     log_warn("inbound batch of %d entries failed (SQLSTATE %s: %s); applying them one by one", b->n,
-             sqlstate && *sqlstate ? sqlstate : "-", errmsg);
+             sqlstate, errmsg);
     b->next = 0;
     apply_next(b);
 }
 
-/* Parses the entries ([id, fields] pairs), acknowledges the malformed ones
- * and applies the others. */
-static void process_entries(struct inbound *in, const redisReply *entries)
+/* Parses the entries ([id, fields] pairs), acknowledges the malformed and
+ * deleted ones and applies the others. */
+static void process_entries(struct inbound *in, const redisReply *entries, enum batch_source src)
 {
     int n = (int)entries->elements;
     if (n == 0)
         return;
-    struct batch *b = batch_new(in, n);
+    struct batch *b = batch_new(in, n, src);
     char **bad = xcalloc((size_t)n, sizeof(char *));
-    int nbad = 0;
+    int nbad = 0, nnil = 0, ndeleted = 0;
     for (int i = 0; i < n; i++) {
         const redisReply *en = entries->element[i];
         struct entry *e = &b->e[i];
         e->first = b->nevents;
-        /* XAUTOCLAIM answers a deleted entry as [id, nil] */
+        if (en->type == REDIS_REPLY_NIL) {
+            nnil++; /* Redis 6.2's XAUTOCLAIM on a deleted entry: no id */
+            continue;
+        }
         if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 ||
             en->element[0]->type != REDIS_REPLY_STRING)
             continue;
         snprintf(e->id, sizeof(e->id), "%s", en->element[0]->str);
-        if (!parse_entry(b, en, e)) {
-            /* events it added before failing are dropped with it */
-            for (int k = e->first; k < b->nevents; k++)
-                free(b->ev[k].payload);
-            b->nevents = e->first;
-            e->nevents = 0;
-            bad[nbad++] = e->id;
-            in->dropped++;
+        snprintf(b->last_id, sizeof(b->last_id), "%s", e->id);
+        if (b->left > 0) {
+            e->left = true;
+            b->left++;
+            continue;
         }
+        size_t bytes = b->bytes;
+        enum parse_result pr = parse_entry(b, en, e);
+        if (pr == PARSE_OK)
+            continue;
+        /* events it added before failing are dropped with it */
+        for (int k = e->first; k < b->nevents; k++)
+            free(b->ev[k].payload);
+        b->nevents = e->first;
+        b->bytes = bytes;
+        e->nevents = 0;
+        if (pr == PARSE_FULL) {
+            e->left = true;
+            b->left++;
+            for (int k = i - 1; k >= 0 && !b->resume_from[0]; k--)
+                if (b->e[k].id[0])
+                    snprintf(b->resume_from, sizeof(b->resume_from), "%s", b->e[k].id);
+            continue;
+        }
+        bad[nbad++] = e->id;
+        if (pr == PARSE_DELETED)
+            ndeleted++;
+        else
+            in->dropped++;
     }
     ack(in, bad, nbad);
     free(bad);
+    if (ndeleted > 0)
+        log_info("%d pending inbound entries were deleted from the stream; acknowledged", ndeleted);
+    if (b->left > 0)
+        log_info("inbound batch full (%zu bytes of events): %d entries left for the next one",
+                 b->bytes, b->left);
+    if (nnil > 0) {
+        /* They are this consumer's now: its pending entries show their ids. */
+        log_info("%d reclaimed inbound entries were deleted from the stream; acknowledging them",
+                 nnil);
+        in->history = true;
+        snprintf(in->history_from, sizeof(in->history_from), "0");
+    }
     in->applying++;
     if (b->nevents == 0) {
         batch_finish(b); /* entries without events (all malformed) are acked */
@@ -681,6 +944,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     struct inbound *in = priv;
     redisReply *r = reply;
     (void)ac;
+    bool history = in->reading_history;
     in->reading = false;
     if (!r)
         return; /* disconnected; the tick reconnects */
@@ -691,7 +955,11 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
                r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2 &&
                r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
-        process_entries(in, r->element[0]->element[1]);
+        const redisReply *entries = r->element[0]->element[1];
+        if (history && entries->elements == 0)
+            in->history = false; /* none left: new entries next */
+        else
+            process_entries(in, entries, history ? SRC_HISTORY : SRC_NEW);
     }
     inbound_maybe_read(in->w);
 }
@@ -702,36 +970,72 @@ static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     (void)ac;
     in->reclaiming = false;
+    in->reclaim_more = false;
+    snprintf(in->reclaim_from, sizeof(in->reclaim_from), "0-0");
+    if (r && r->type == REDIS_REPLY_ERROR)
+        log_warn("XAUTOCLAIM %s: %s", INBOUND_GROUP, r->str);
+    /* [cursor, entries] (6.2), [cursor, entries, deleted ids] (7.0: Redis
+     * dropped those from the group itself) */
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 2 &&
-        r->element[1]->type == REDIS_REPLY_ARRAY && r->element[1]->elements > 0) {
-        log_info("reclaimed %zu idle inbound entries", r->element[1]->elements);
-        process_entries(in, r->element[1]);
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_ARRAY) {
+        size_t got = r->element[1]->elements;
+        if (r->elements >= 3 && r->element[2]->type == REDIS_REPLY_ARRAY &&
+            r->element[2]->elements > 0)
+            log_info("%zu idle inbound entries had been deleted from the stream",
+                     r->element[2]->elements);
+        if (got >= (size_t)in->w->cfg->batch && strcmp(r->element[0]->str, "0-0") != 0) {
+            in->reclaim_more = true; /* a full page: the next one right after this batch */
+            snprintf(in->reclaim_from, sizeof(in->reclaim_from), "%s", r->element[0]->str);
+        }
+        if (got > 0) {
+            log_info("reclaimed %zu idle inbound entries", got);
+            process_entries(in, r->element[1], SRC_RECLAIM);
+        }
     }
     inbound_maybe_read(in->w);
 }
 
 /* Takes over entries idle for INBOUND_IDLE_MS (their worker died, or they
- * wait for their delivery), between batches. */
-static void reclaim(struct inbound *in)
+ * wait for their delivery), between batches, from reclaim_from on. False
+ * when it cannot now. */
+static bool reclaim(struct inbound *in)
 {
     struct worker *w = in->w;
-    if (in->reclaiming || in->applying > 0 || w->stopping || !w->wr || !w->wr_ready)
-        return;
-    if (redisAsyncCommand(w->wr, on_reclaim, in, "XAUTOCLAIM %s %s %s %d 0-0 COUNT %ld",
+    if (in->reclaiming || in->applying > 0 || w->stopping || !w->wr || !w->wr_ready ||
+        in->backoff_until > mono_ms())
+        return false;
+    if (redisAsyncCommand(w->wr, on_reclaim, in, "XAUTOCLAIM %s %s %s %d %s COUNT %ld",
                           w->keys.inbound, INBOUND_GROUP, w->consumer, INBOUND_IDLE_MS,
-                          w->cfg->batch) == REDIS_OK)
-        in->reclaiming = true;
+                          in->reclaim_from, w->cfg->batch) != REDIS_OK)
+        return false;
+    in->reclaiming = true;
+    return true;
 }
 
 void inbound_maybe_read(struct worker *w)
 {
     struct inbound *in = w->inbound;
-    if (!in || in->reading || in->applying > 0 || w->stopping || !in->rd || !in->rd_ready)
+    if (!in || in->reading || in->reclaiming || in->applying > 0 || w->stopping)
         return;
-    if (redisAsyncCommand(in->rd, on_read, in,
-                          "XREADGROUP GROUP %s %s COUNT %ld BLOCK 1000 STREAMS %s >", INBOUND_GROUP,
-                          w->consumer, w->cfg->batch, w->keys.inbound) == REDIS_OK)
+    if (in->backoff_until > mono_ms())
+        return; /* inbound_tick comes back every second */
+    if (in->reclaim_more && reclaim(in))
+        return;
+    if (!in->rd || !in->rd_ready)
+        return;
+    int ok;
+    if (in->history) /* this consumer's pending entries: answered at once */
+        ok = redisAsyncCommand(in->rd, on_read, in,
+                               "XREADGROUP GROUP %s %s COUNT %ld STREAMS %s %s", INBOUND_GROUP,
+                               w->consumer, w->cfg->batch, w->keys.inbound, in->history_from);
+    else
+        ok = redisAsyncCommand(in->rd, on_read, in,
+                               "XREADGROUP GROUP %s %s COUNT %ld BLOCK 1000 STREAMS %s >",
+                               INBOUND_GROUP, w->consumer, w->cfg->batch, w->keys.inbound);
+    if (ok == REDIS_OK) {
         in->reading = true;
+        in->reading_history = in->history;
+    }
 }
 
 /* ---------------------------------------------------------------------
@@ -742,6 +1046,8 @@ void inbound_start(struct worker *w)
 {
     struct inbound *in = xcalloc(1, sizeof(*in));
     in->w = w;
+    snprintf(in->reclaim_from, sizeof(in->reclaim_from), "0-0");
+    in->upkeep = upkeep_new(w, INBOUND_GROUP);
     w->inbound = in;
     connect_reader(in);
 }
@@ -752,8 +1058,10 @@ void inbound_tick(struct worker *w)
     if (!in || w->stopping)
         return;
     connect_reader(in);
-    if (++in->ticks % INBOUND_RECLAIM_EVERY == 0)
-        reclaim(in);
+    in->ticks++;
+    if (in->ticks % INBOUND_RECLAIM_EVERY == 0)
+        (void)reclaim(in);
+    upkeep_tick(in->upkeep);
     inbound_maybe_read(w);
 }
 
@@ -768,10 +1076,11 @@ void inbound_free(struct worker *w)
     struct inbound *in = w->inbound;
     if (!in)
         return;
-    log_info("inbound: %lld events applied, %lld entries dropped as malformed", in->applied,
-             in->dropped);
+    log_info("inbound: %lld events applied, %lld entries dropped as malformed, %lld given up",
+             in->applied, in->dropped, in->gave_up);
     if (in->rd)
         redisAsyncFree(in->rd);
+    upkeep_free(in->upkeep);
     free(in);
     w->inbound = NULL;
 }

@@ -495,6 +495,20 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     jobs_maybe_read(w);
 }
 
+/* Redis 6.2's XAUTOCLAIM claims an entry deleted from the stream and
+ * answers nil for it, without its id (7.0 drops it from the group itself):
+ * it would be reclaimed as nil forever. This acknowledges the consumer's
+ * pending entries in [ARGV[3], ARGV[4]] (at most ARGV[5]) that no longer
+ * exist; live ones - sends under way - are left alone. */
+static const char lua_ack_deleted[] =
+    "redis.replicate_commands()"
+    " local n = 0"
+    " for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5],"
+    "   ARGV[2])) do"
+    "  if #redis.call('XRANGE', KEYS[1], p[1], p[1]) == 0 then"
+    "   n = n + redis.call('XACK', KEYS[1], ARGV[1], p[1]) end end"
+    " return n";
+
 static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
 {
     struct reclaim *rc = priv;
@@ -503,6 +517,18 @@ static void on_reclaim(redisAsyncContext *ac, void *reply, void *priv)
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
         r->element[1]->type != REDIS_REPLY_ARRAY)
         return;
+    size_t nil = 0;
+    for (size_t i = 0; i < r->element[1]->elements; i++)
+        nil += r->element[1]->element[i]->type == REDIS_REPLY_NIL;
+    if (nil > 0 && rc->w->wr && r->element[0]->type == REDIS_REPLY_STRING) {
+        char end[40];
+        snprintf(end, sizeof(end), "%s%s", strcmp(r->element[0]->str, "0-0") ? "(" : "",
+                 strcmp(r->element[0]->str, "0-0") ? r->element[0]->str : "+");
+        log_info("%zu reclaimed jobs of %s were deleted from the stream; acknowledging them", nil,
+                 rc->w->keys.jobs[rc->ch]);
+        redisAsyncCommand(rc->w->wr, NULL, NULL, "EVAL %s 1 %s workers %s 0-0 %s 100000",
+                          lua_ack_deleted, rc->w->keys.jobs[rc->ch], rc->w->consumer, end);
+    }
     if (r->element[1]->elements > 0) {
         log_info("reclaimed %zu idle jobs from %s", r->element[1]->elements,
                  rc->w->keys.jobs[rc->ch]);

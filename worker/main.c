@@ -66,6 +66,15 @@ static const struct cfg_row worker_rows[] = {
 };
 #define NROWS (sizeof(worker_rows) / sizeof(worker_rows[0]))
 
+/* "https://host/" and "https://host" name the same base: every URL built
+ * from it appends "/v1/...". */
+static void trim_trailing_slashes(char *url)
+{
+    size_t n = url ? strlen(url) : 0;
+    while (n > 0 && url[n - 1] == '/')
+        url[--n] = '\0';
+}
+
 static void maybe_exit(struct worker *w)
 {
     if (w->stopping && jobs_idle(w) && inbound_idle(w) && reconcile_idle(w))
@@ -141,6 +150,7 @@ int main(int argc, char **argv)
                 cfg.orphan_age_s, cfg.send_timeout_ms);
         return 2;
     }
+    trim_trailing_slashes(cfg.public_url);
     log_init("crier-worker", (enum log_level)cfg.log_level, (enum log_format)cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -188,20 +198,29 @@ int main(int argc, char **argv)
     event_base_dispatch(w.base);
 
     log_info("worker %s stopping; %lld messages sent", w.consumer, w.sent_total);
-    inbound_free(&w);
-    reconcile_free(&w);
-    if (w.rd)
-        redisAsyncFree(w.rd);
+    /* The pool first, while everything its pending callbacks touch is
+     * alive (the write connection, the inbound consumer, reconciliation):
+     * they see w.stopping and end their work without a retry or an ack.
+     * Then the Redis connections, whose pending callbacks (reclaims,
+     * deferrals) are still the inbound consumer's and the jobs'. */
+    w.stopping = true;
+    pgpool_free(w.pool);
+    w.pool = NULL;
     if (w.wr)
         redisAsyncFree(w.wr);
+    if (w.rd)
+        redisAsyncFree(w.rd);
+    inbound_free(&w);
+    reconcile_free(&w);
     send_cleanup(&w);
-    pgpool_free(w.pool);
     event_free(w.flush_timer);
     event_free(w.tick);
     event_free(w.grace);
     event_free(w.sigterm);
     event_free(w.sigint);
     event_base_free(w.base);
+    for (int i = 0; i < w.noutcomes; i++) /* unwritten when the grace period ran out */
+        free(w.outcomes[i].body);
     free(w.outcomes);
     cfg_cleanup(worker_rows, NROWS, &cfg);
     return 0;

@@ -310,7 +310,8 @@ static void claimed(void *arg, PGresult *res, const char *errmsg, const char *sq
     (void)sqlstate;
     rc->claiming = false;
     if (!res) {
-        log_warn("reconciliation claim failed: %s", errmsg);
+        if (!rc->w->stopping)
+            log_warn("reconciliation claim failed: %s", errmsg);
         return;
     }
     int rows = PQntuples(res);

@@ -8,8 +8,12 @@
 # the closing and <Hangup/>. AI agent: <Connect> to <ConversationRelay> or <Stream> with the
 # delivery as a <Parameter>, whose action (gather without q) is recorded and hangs up. A bad
 # or missing signature is a 403 and records nothing; an unknown or another tenant's delivery
-# gets a polite <Say> + <Hangup/> (logged), not an error; Redis down: the answer is not
-# acknowledged (503).
+# gets a polite <Say> + <Hangup/> (logged), not an error. An answer is recorded before the
+# script is looked up: also for a delivery that cannot be served (the worker drops it), and
+# while PostgreSQL is down (the call then ends with the apology, not a 503 for an answer
+# already recorded; the call's first TwiML is a 503). Redis down: the answer is not
+# acknowledged (503). Stopped while an answer's XADD waits for a frozen Redis, the API answers
+# that request before freeing it and exits cleanly (a sanitizer build reports nothing).
 . "$(dirname "$0")/../lib.sh"
 t_init voice_twiml
 t_tenant_key tenant_a
@@ -18,6 +22,7 @@ AUTH_TOKEN=fake-auth-token-a
 ACCOUNT=AC0000000000000000000000000000000a
 CRIER_PROVIDER_SECRET=$AUTH_TOKEN t_ctl provider create "$TA" --channel voice --kind twilio \
   --from +15550100000 --account-sid "$ACCOUNT" >/dev/null
+export CRIER_SHUTDOWN_GRACE=0 # the API exits as soon as it is told to
 t_start_api
 
 # sign URL [NAME=VALUE]...: the X-Twilio-Signature Twilio sends.
@@ -156,7 +161,8 @@ assert_status 403 GET "$HOOK/voice?delivery=$D" -H "X-Twilio-Signature: $(AUTH_T
 assert_eq "$(json_get .error.code)" invalid_signature "the JSON error"
 assert_eq "$(events)" "$n" "no forged answer recorded"
 
-# Deliveries we cannot serve: unknown, another tenant's, a broken URL: a polite goodbye.
+# Deliveries we cannot serve: unknown, another tenant's, a broken URL: a polite goodbye. The
+# answer to a well-formed gather URL is recorded all the same; a broken URL records nothing.
 t_tenant_key tenant_b
 t_psql "INSERT INTO customers (tenant_id, external_id, phone) VALUES ($T_TENANT, 'b1', '+14155550199')" >/dev/null
 CB=$(t_psql "INSERT INTO campaigns (tenant_id, name, channel, agent_config)
@@ -169,8 +175,31 @@ for path in "voice?delivery=$((DS + 1000))" "voice?delivery=$DB" "voice?delivery
   assert_eq "$T_STATUS" 200 "$path: TwiML, not an error"
   assert_eq "$T_BODY" "$GOODBYE" "$path: a polite goodbye"
 done
-assert_eq "$(events)" "$n" "nothing recorded for them"
+assert_eq "$(events)" $((n + 1)) "only the well-formed gather's answer recorded"
+assert_eq "$(last_event kind)|$(last_event tenant)|$(last_event delivery)|$(last_event q)" \
+  "twilio_gather|$TA|$DB|0" "as the signed URL says (the worker finds no such call of $TA)"
 assert_contains "$(cat "$T_DIR/api.log")" "no voice delivery $DB here" "logged"
+
+# PostgreSQL down (this test's database refuses connections): an answer is still recorded,
+# then the call ends politely; the call's first TwiML is a 503 (Twilio's fallback URL).
+t_psql_admin "ALTER DATABASE \"$T_DB\" ALLOW_CONNECTIONS false" >/dev/null
+t_psql_admin "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$T_DB'" >/dev/null
+n=$(events)
+twilio POST "$HOOK/gather?delivery=$D&q=1" "${CALL[@]}" "SpeechResult=call me later"
+assert_eq "$T_STATUS" 200 "an answer while PostgreSQL is down: $T_BODY"
+assert_eq "$T_BODY" "$GOODBYE" "the call ends with the apology"
+assert_eq "$(events)" $((n + 1)) "the answer is recorded"
+assert_eq "$(last_event delivery)|$(last_event q)" "$D|1" "with its delivery and question"
+assert_contains "$(last_event body)" "SpeechResult=call+me+later" "and its body"
+twilio POST "$HOOK/voice?delivery=$D" "${CALL[@]}"
+assert_eq "$T_STATUS" 503 "the call's script needs PostgreSQL"
+assert_contains "$(tail -n 20 "$T_DIR/api.log")" "answer for delivery $D recorded, no script" "logged"
+t_psql_admin "ALTER DATABASE \"$T_DB\" ALLOW_CONNECTIONS true" >/dev/null
+voice_ok() {
+  twilio POST "$HOOK/voice?delivery=$D" "${CALL[@]}"
+  [ "$T_STATUS" = 200 ]
+}
+t_wait_until 20 "the API reaches PostgreSQL again" voice_ok
 
 # Redis down: the script is still served, an answer is not acknowledged.
 t_redis_kill
@@ -179,4 +208,25 @@ assert_eq "$T_STATUS" 200 "the script needs PostgreSQL only"
 twilio POST "$HOOK/gather?delivery=$D&q=0" "${CALL[@]}" SpeechResult=yes
 assert_eq "$T_STATUS" 503 "an answer that cannot be recorded is refused"
 t_redis_start
+
+# Stopped (grace 0) while an answer's XADD waits for Redis, frozen: the pending XADD is
+# answered before the server frees its request; the API exits cleanly.
+gather_ok() {
+  twilio POST "$HOOK/gather?delivery=$D&q=2" "${CALL[@]}" SpeechResult=again
+  [ "$T_STATUS" = 200 ]
+}
+t_wait_until 20 "the API back on Redis" gather_ok
+REDIS_PID=$(crier_pid_of "$T_DIR/redis/redis.pid")
+kill -STOP "$REDIS_PID"
+twilio POST "$HOOK/gather?delivery=$D&q=2" "${CALL[@]}" SpeechResult=frozen &
+CURL_PID=$!
+sleep 1
+t_stop api 10
+kill -CONT "$REDIS_PID"
+wait "$CURL_PID" || true
+assert_contains "$(cat "$T_DIR/api.log")" "grace period over with 1 requests in flight" \
+  "stopped with the answer's XADD pending"
+assert_contains "$(tail -n 3 "$T_DIR/api.log")" "redis unavailable: connection lost" \
+  "the pending request answered as the connection closed"
+if grep -Eq 'Assertion|\[err\]' "$T_DIR/api.log"; then t_fail "the API failed on exit: $(tail -n 3 "$T_DIR/api.log")"; fi
 echo "voice_twiml ok"

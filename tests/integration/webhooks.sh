@@ -267,6 +267,29 @@ assert_status 403 POST "$STATUS_PATH" "${FORM[@]}" --data-binary "$SBODY" \
 assert_eq "$(json_get .error.code)" invalid_signature "signed for the socket's URL: rejected"
 assert_eq "$(xlen)" $((n4 + 200)) "nothing more enqueued"
 
+# --- Cache pressure: unknown tenants never push real ones out -----------------------------
+# Callbacks for 4,200 unknown tenants (the URLs carry no secret: anyone can send them) fill
+# the secrets cache (4,096 tenants) with negative entries, all younger than their recheck
+# time; a real tenant seen for the first time right after is still served - the least
+# recently used negative entry makes room - and so is the tenant cached before the flood.
+B=$(t_ctl tenant create cache_b) || t_fail "tenant create"
+SIDB="AC$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+CRIER_PROVIDER_SECRET="tokb-$TOKEN" t_ctl provider create "$B" --channel sms --kind twilio \
+  --from +15017122662 --account-sid "$SIDB" >/dev/null
+for ((i = 1; i <= 4200; i++)); do
+  printf 'next\nurl = "%s/v1/webhooks/%d/twilio/status"\nrequest = "POST"\nheader = "Content-Type: application/x-www-form-urlencoded"\nheader = "X-Twilio-Signature: forged"\ndata-binary = "MessageSid=SM1&MessageStatus=sent"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
+    "$API_URL" $((B + 100000 + i))
+done >"$T_DIR/flood.cfg"
+f0=$SECONDS
+flood=$(curl -sS --no-progress-meter -Z --parallel-max 8 -K "$T_DIR/flood.cfg" 2>>"$T_DIR/curl.err" |
+  sort | uniq -c | tr -s ' ')
+t_log "4,200 unknown tenants in $((SECONDS - f0)) s: $flood"
+assert_eq "$flood" " 4200 403" "every unknown tenant: 403, none turned away for a full cache"
+form_body BBODY MessageSid=SM0456 MessageStatus=sent "AccountSid=$SIDB"
+assert_status 204 POST "/v1/webhooks/$B/twilio/status" "${FORM[@]}" --data-binary "$BBODY" \
+  -H "X-Twilio-Signature: $(twilio_sig "tokb-$TOKEN" "https://hooks.example.com/v1/webhooks/$B/twilio/status")"
+assert_status 204 POST "$STATUS_PATH" "${FORM[@]}" --data-binary "$SBODY" -H "X-Twilio-Signature: $SIG2"
+
 # --- Redis down: 503, the provider retries; back up: accepted -----------------------------
 t_redis_kill TERM
 assert_status 503 POST "$STATUS_PATH" "${FORM[@]}" --data-binary "$SBODY" -H "X-Twilio-Signature: $SIG2"
