@@ -12,13 +12,14 @@
  * hands the answers to inbound_apply_status: the status callbacks' own
  * monotonic path (crier_inbound_twilio_status).
  *
- * The fetches run on a curl multi handle of their own on the worker's loop:
- * send.c's multi treats every transfer it finishes as a send. */
+ * The fetches run on a curl multi handle of their own on the worker's loop
+ * (common/curlev.c), apart from the sends'. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
+#include "curlev.h"
 #include "log.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -55,8 +56,8 @@ enum claim_col {
 
 struct reconcile {
     struct worker *w;
-    CURLM *multi;
-    struct event *curl_timer, *tick;
+    struct curlev *curl; /* the fetches' transfers */
+    struct event *tick;
     bool claiming, applying;
     int inflight;
     struct fetch *fetches; /* in curl */
@@ -76,76 +77,6 @@ struct fetch {
     long long delivery, tenant;
     char sid[72];
 };
-
-struct sock {
-    struct event *ev;
-};
-
-/* ---------------------------------------------------------------------
- * curl multi on the loop
- * ------------------------------------------------------------------- */
-
-static void check_done(struct reconcile *rc);
-
-static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct reconcile *rc = arg;
-    int action =
-        ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-    int running = 0;
-    curl_multi_socket_action(rc->multi, fd, action, &running);
-    check_done(rc);
-}
-
-static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-    struct reconcile *rc = userp;
-    struct sock *sk = socketp;
-    (void)easy;
-    if (what == CURL_POLL_REMOVE) {
-        if (sk) {
-            event_free(sk->ev);
-            free(sk);
-        }
-        curl_multi_assign(rc->multi, s, NULL);
-        return 0;
-    }
-    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) |
-                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
-    if (!sk) {
-        sk = xcalloc(1, sizeof(*sk));
-        sk->ev = event_new(rc->w->base, s, kind, sock_event_cb, rc);
-        curl_multi_assign(rc->multi, s, sk);
-    } else {
-        event_del(sk->ev);
-        event_assign(sk->ev, rc->w->base, s, kind, sock_event_cb, rc);
-    }
-    event_add(sk->ev, NULL);
-    return 0;
-}
-
-static void curl_timer_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct reconcile *rc = arg;
-    (void)fd;
-    (void)kind;
-    int running = 0;
-    curl_multi_socket_action(rc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(rc);
-}
-
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct reconcile *rc = userp;
-    (void)multi;
-    if (timeout_ms < 0) {
-        evtimer_del(rc->curl_timer);
-        return 0;
-    }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(rc->curl_timer, &tv);
-    return 0;
-}
 
 /* ---------------------------------------------------------------------
  * A round: claim, fetch, apply
@@ -233,27 +164,25 @@ static void take_answer(struct reconcile *rc, struct fetch *f, long http)
     cJSON_Delete(root);
 }
 
-static void check_done(struct reconcile *rc)
+/* A fetch is over (curlev removed it from the multi handle). */
+static void fetch_done(void *arg, CURL *easy, CURLcode res)
 {
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(rc->multi, &left))) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        struct fetch *f = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&f);
-        CURLcode res = m->data.result;
-        curl_multi_remove_handle(rc->multi, m->easy_handle);
-        rc->inflight--;
-        long http = 0;
-        curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &http);
-        if (res != CURLE_OK)
-            log_warn("reconciliation of delivery %lld: %s", f->delivery, curl_easy_strerror(res));
-        else
-            take_answer(rc, f, http);
-        fetch_free(f);
-    }
-    round_end(rc);
+    struct reconcile *rc = arg;
+    struct fetch *f = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&f);
+    rc->inflight--;
+    long http = 0;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &http);
+    if (res != CURLE_OK)
+        log_warn("reconciliation of delivery %lld: %s", f->delivery, curl_easy_strerror(res));
+    else
+        take_answer(rc, f, http);
+    fetch_free(f);
+}
+
+static void fetches_after(void *arg)
+{
+    round_end(arg);
 }
 
 /* GET {account's Messages|Calls}/{sid}.json */
@@ -292,7 +221,7 @@ static void fetch_start(struct reconcile *rc, const struct account *a, PGresult 
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, w->cfg->send_timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, w->cfg->connect_timeout_ms);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (curl_multi_add_handle(rc->multi, c) != CURLM_OK) {
+    if (curl_multi_add_handle(curlev_multi(rc->curl), c) != CURLM_OK) {
         fetch_free(f);
         return;
     }
@@ -335,9 +264,7 @@ static void claimed(void *arg, PGresult *res, const char *errmsg, const char *sq
             continue;
         fetch_start(rc, a, res, r);
     }
-    int running = 0;
-    curl_multi_socket_action(rc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(rc);
+    curlev_kick(rc->curl);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -363,18 +290,13 @@ void reconcile_start(struct worker *w)
 {
     struct reconcile *rc = xcalloc(1, sizeof(*rc));
     rc->w = w;
-    rc->multi = curl_multi_init();
-    if (!rc->multi) {
+    rc->curl = curlev_new(w->base, fetch_done, fetches_after, rc);
+    if (!rc->curl) {
         log_error("reconciliation disabled: no curl multi handle");
         free(rc);
         return;
     }
-    rc->curl_timer = evtimer_new(w->base, curl_timer_cb, rc);
-    curl_multi_setopt(rc->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-    curl_multi_setopt(rc->multi, CURLMOPT_SOCKETDATA, rc);
-    curl_multi_setopt(rc->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(rc->multi, CURLMOPT_TIMERDATA, rc);
-    curl_multi_setopt(rc->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
+    curl_multi_setopt(curlev_multi(rc->curl), CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
     rc->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, rc);
     struct timeval tv = {w->cfg->reconcile_every_s, 0};
     event_add(rc->tick, &tv);
@@ -397,11 +319,10 @@ void reconcile_free(struct worker *w)
                  rc->answered);
     /* transfers a grace period left running */
     while (rc->fetches) {
-        curl_multi_remove_handle(rc->multi, rc->fetches->easy);
+        curl_multi_remove_handle(curlev_multi(rc->curl), rc->fetches->easy);
         fetch_free(rc->fetches);
     }
-    curl_multi_cleanup(rc->multi);
-    event_free(rc->curl_timer);
+    curlev_free(rc->curl);
     event_free(rc->tick);
     for (int i = 0; i < rc->n; i++)
         free(rc->payloads[i]);

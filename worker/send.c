@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "curlev.h"
 #include "log.h"
 #include "pace.h"
 #include "sms.h"
@@ -59,16 +60,12 @@ struct send {
     struct outcome o;
 };
 
-struct sock {
-    struct worker *w;
-    struct event *ev;
-};
-
 /* ---------------------------------------------------------------------
- * curl multi on libevent
+ * curl handles (the multi handle on the loop: common/curlev.c)
  * ------------------------------------------------------------------- */
 
-static void check_done(struct worker *w);
+static void send_done(void *arg, CURL *easy, CURLcode rc);
+static void sends_after(void *arg);
 static void send_free(struct send *s);
 
 /* Finished transfers' easy handles, reset and kept for the next sends: a
@@ -96,82 +93,17 @@ static void easy_put(CURL *c)
 
 static void rate_pause(struct worker *w, struct account *a, long retry_after_s);
 
-static void sock_event_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct worker *w = arg;
-    int action =
-        ((kind & EV_READ) ? CURL_CSELECT_IN : 0) | ((kind & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-    int running = 0;
-    curl_multi_socket_action(w->multi, fd, action, &running);
-    check_done(w);
-}
-
-static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-    struct worker *w = userp;
-    struct sock *sk = socketp;
-    (void)easy;
-    if (what == CURL_POLL_REMOVE) {
-        if (sk) {
-            event_free(sk->ev);
-            free(sk);
-        }
-        curl_multi_assign(w->multi, s, NULL);
-        return 0;
-    }
-    short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) |
-                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
-    if (!sk) {
-        sk = xcalloc(1, sizeof(*sk));
-        sk->w = w;
-        sk->ev = event_new(w->base, s, kind, sock_event_cb, w);
-        curl_multi_assign(w->multi, s, sk);
-    } else {
-        event_del(sk->ev);
-        event_assign(sk->ev, w->base, s, kind, sock_event_cb, w);
-    }
-    event_add(sk->ev, NULL);
-    return 0;
-}
-
-static void curl_timer_cb(evutil_socket_t fd, short kind, void *arg)
-{
-    struct worker *w = arg;
-    (void)fd;
-    (void)kind;
-    int running = 0;
-    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(w);
-}
-
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct worker *w = userp;
-    (void)multi;
-    if (timeout_ms < 0) {
-        evtimer_del(w->curl_timer);
-        return 0;
-    }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(w->curl_timer, &tv);
-    return 0;
-}
-
 bool send_init(struct worker *w)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return false;
-    w->multi = curl_multi_init();
-    if (!w->multi)
+    w->curl = curlev_new(w->base, send_done, sends_after, w);
+    if (!w->curl)
         return false;
-    w->curl_timer = evtimer_new(w->base, curl_timer_cb, w);
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
-    curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, w->cfg->max_connections);
-    curl_multi_setopt(w->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, w->cfg->max_connections);
-    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, w->cfg->max_connections);
+    CURLM *multi = curlev_multi(w->curl);
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, w->cfg->max_connections);
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, w->cfg->max_connections);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, w->cfg->max_connections);
     if (w->cfg->sandbox_log && *w->cfg->sandbox_log) {
         w->sandbox = fopen(w->cfg->sandbox_log, "a");
         if (!w->sandbox) {
@@ -187,10 +119,7 @@ bool send_init(struct worker *w)
 
 void send_cleanup(struct worker *w)
 {
-    if (w->multi)
-        curl_multi_cleanup(w->multi);
-    if (w->curl_timer)
-        event_free(w->curl_timer);
+    curlev_free(w->curl);
     if (w->sandbox)
         fclose(w->sandbox);
     cJSON_Delete(w->variants);
@@ -468,45 +397,44 @@ static void smtp_classify(struct send *s, CURLcode rc)
     transport_classify(reached, curl_easy_strerror(rc), r);
 }
 
-static void check_done(struct worker *w)
+/* A send's transfer is over (curlev removed it from the multi handle). */
+static void send_done(void *arg, CURL *easy, CURLcode rc)
 {
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(w->multi, &left))) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        struct send *s = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
-        CURLcode rc = m->data.result;
-        curl_multi_remove_handle(w->multi, m->easy_handle);
-        w->inflight--;
-        if (s->account && s->account->kind == ACCOUNT_SMTP) {
-            smtp_classify(s, rc);
-        } else if (rc == CURLE_OK) {
-            long status = 0;
-            curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
-            if (s->account && s->account->kind == ACCOUNT_SENDGRID)
-                sendgrid_classify(status, s->response.data, s->response.len, s->message_id,
-                                  s->retry_after, &s->o.res);
-            else
-                twilio_classify(status, s->response.data, s->response.len, s->retry_after,
-                                &s->o.res);
-        } else {
-            long sent_bytes = 0;
-            curl_easy_getinfo(s->easy, CURLINFO_REQUEST_SIZE, &sent_bytes);
-            bool reached = sent_bytes > 0 && rc != CURLE_COULDNT_CONNECT &&
-                           rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY;
-            transport_classify(reached, curl_easy_strerror(rc), &s->o.res);
-        }
-        if (s->o.res.throttled)
-            rate_pause(w, s->account, s->o.res.retry_after_s);
-        if (s->o.res.outcome == SEND_FAILED || s->o.res.outcome == SEND_UNKNOWN)
-            log_warn("delivery %lld: %s (%s %s)", s->o.delivery_id,
-                     send_outcome_status(s->o.res.outcome), s->o.res.code, s->o.res.message);
-        finish(w, &s->o);
-        s->o.body = NULL; /* moved */
-        send_free(s);
+    struct worker *w = arg;
+    struct send *s = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&s);
+    w->inflight--;
+    if (s->account && s->account->kind == ACCOUNT_SMTP) {
+        smtp_classify(s, rc);
+    } else if (rc == CURLE_OK) {
+        long status = 0;
+        curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (s->account && s->account->kind == ACCOUNT_SENDGRID)
+            sendgrid_classify(status, s->response.data, s->response.len, s->message_id,
+                              s->retry_after, &s->o.res);
+        else
+            twilio_classify(status, s->response.data, s->response.len, s->retry_after, &s->o.res);
+    } else {
+        long sent_bytes = 0;
+        curl_easy_getinfo(s->easy, CURLINFO_REQUEST_SIZE, &sent_bytes);
+        bool reached = sent_bytes > 0 && rc != CURLE_COULDNT_CONNECT &&
+                       rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_RESOLVE_PROXY;
+        transport_classify(reached, curl_easy_strerror(rc), &s->o.res);
     }
+    if (s->o.res.throttled)
+        rate_pause(w, s->account, s->o.res.retry_after_s);
+    if (s->o.res.outcome == SEND_FAILED || s->o.res.outcome == SEND_UNKNOWN)
+        log_warn("delivery %lld: %s (%s %s)", s->o.delivery_id,
+                 send_outcome_status(s->o.res.outcome), s->o.res.code, s->o.res.message);
+    finish(w, &s->o);
+    s->o.body = NULL; /* moved */
+    send_free(s);
+}
+
+/* After a batch of finished sends: room for more jobs. */
+static void sends_after(void *arg)
+{
+    struct worker *w = arg;
     if (w->inflight < w->cfg->concurrency)
         jobs_maybe_read(w);
 }
@@ -660,7 +588,7 @@ static void rate_take(struct account *a);
 
 static void start_transfer(struct worker *w, struct send *s)
 {
-    if (curl_multi_add_handle(w->multi, s->easy) != CURLM_OK) {
+    if (curl_multi_add_handle(curlev_multi(w->curl), s->easy) != CURLM_OK) {
         struct outcome o2 = s->o;
         s->o.body = NULL;
         send_free(s);

@@ -106,8 +106,7 @@ struct worker {
     FILE *sandbox;
     unsigned long long sandbox_seq;
 
-    CURLM *multi;
-    struct event *curl_timer;
+    struct curlev *curl;                /* the sends' transfers (common/curlev.h) */
     int inflight;                       /* sends in curl */
     int claiming;                       /* jobs whose claim statement is running */
     int writing;                        /* outcomes whose write statement is running */
