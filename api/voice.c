@@ -28,6 +28,7 @@
 
 #include "api.h"
 #include "log.h"
+#include "template.h"
 #include "twiml.h"
 #include "xalloc.h"
 
@@ -62,55 +63,6 @@ struct voice_state {
     bool gather; /* the gather endpoint (else the voice endpoint) */
     char delivery_s[24], q_s[16];
 };
-
-/* ---------------------------------------------------------------------
- * Template variables
- * ------------------------------------------------------------------- */
-
-struct voice_vars {
-    PGresult *res;
-    cJSON *attrs; /* parsed on first use */
-    char num[32];
-};
-
-static const char *voice_lookup(void *ctx, const char *name, size_t n)
-{
-    struct voice_vars *v = ctx;
-    static const struct {
-        const char *name;
-        int col;
-    } cols[] = {{"first_name", COL_FIRST},
-                {"last_name", COL_LAST},
-                {"email", COL_EMAIL},
-                {"phone", COL_PHONE},
-                {"external_id", COL_EXTERNAL}};
-    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
-        if (strlen(cols[i].name) == n && !strncmp(cols[i].name, name, n))
-            return PQgetisnull(v->res, 0, cols[i].col) ? NULL : PQgetvalue(v->res, 0, cols[i].col);
-    if (n <= 11 || strncmp(name, "attributes.", 11) != 0)
-        return NULL;
-    if (!v->attrs)
-        v->attrs = cJSON_Parse(PQgetvalue(v->res, 0, COL_ATTRS));
-    /* attributes.a.b: walk the nested objects. */
-    const cJSON *it = v->attrs;
-    for (const char *p = name + 11, *end = name + n; it && p < end;) {
-        const char *dot = memchr(p, '.', (size_t)(end - p));
-        size_t len = (size_t)((dot ? dot : end) - p);
-        char key[128];
-        snprintf(key, sizeof(key), "%.*s", (int)len, p);
-        it = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, key) : NULL;
-        p += len + (dot ? 1 : 0);
-    }
-    if (cJSON_IsString(it))
-        return it->valuestring;
-    if (cJSON_IsNumber(it)) {
-        snprintf(v->num, sizeof(v->num), "%g", it->valuedouble);
-        return v->num;
-    }
-    if (cJSON_IsBool(it))
-        return cJSON_IsTrue(it) ? "true" : "false";
-    return NULL;
-}
 
 /* ---------------------------------------------------------------------
  * Replies
@@ -198,12 +150,17 @@ static void call_loaded(void *arg, PGresult *res, const char *errmsg, const char
     cJSON *agent = cJSON_Parse(PQgetvalue(res, 0, COL_AGENT));
     char *gather_url = xasprintf("%s/v1/webhooks/%lld/twilio/gather?delivery=%lld",
                                  r->app->cfg->public_url, r->tenant_id, s->delivery);
-    struct voice_vars vars = {res, NULL, ""};
-    struct twiml_call call = {agent, gather_url, voice_lookup, &vars, r->tenant_id, s->delivery};
+    const int cols[] = {COL_FIRST, COL_LAST, COL_EMAIL, COL_PHONE, COL_EXTERNAL, COL_ATTRS};
+    const char *v[6];
+    for (int i = 0; i < 6; i++)
+        v[i] = PQgetisnull(res, 0, cols[i]) ? NULL : PQgetvalue(res, 0, cols[i]);
+    struct tpl_customer vars = {v[0], v[1], v[2], v[3], v[4], v[5], NULL, ""};
+    struct twiml_call call = {agent, gather_url,   tpl_customer_lookup,
+                              &vars, r->tenant_id, s->delivery};
     struct buf b;
     buf_init(&b, VOICE_MAX_TWIML);
     enum cr_err e = s->gather ? twiml_next(&call, s->q, &b) : twiml_answer(&call, &b);
-    cJSON_Delete(vars.attrs);
+    tpl_customer_cleanup(&vars);
     cJSON_Delete(agent);
     free(gather_url);
     if (e != CR_OK) {

@@ -15,6 +15,7 @@
  * HTML-escaped, and only when asked. */
 #include "template.h"
 
+#include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -221,4 +222,47 @@ enum cr_err tpl_validate(const char *tpl, tpl_allowed_fn allowed, char *err, siz
             return CR_EINVAL;
         }
     }
+}
+
+const char *tpl_customer_lookup(void *arg, const char *name, size_t n)
+{
+    struct tpl_customer *c = arg;
+    const struct {
+        const char *name, *value;
+    } cols[] = {{"first_name", c->first_name},
+                {"last_name", c->last_name},
+                {"email", c->email},
+                {"phone", c->phone},
+                {"external_id", c->external_id}};
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
+        if (strlen(cols[i].name) == n && strncmp(cols[i].name, name, n) == 0)
+            return cols[i].value;
+    if (n <= 11 || strncmp(name, "attributes.", 11) != 0 || !c->attributes)
+        return NULL;
+    if (!c->parsed)
+        c->parsed = cJSON_Parse(c->attributes);
+    const cJSON *it = c->parsed;
+    for (const char *p = name + 11, *end = name + n; it && p < end;) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        size_t len = (size_t)((dot ? dot : end) - p);
+        char key[128];
+        snprintf(key, sizeof(key), "%.*s", (int)len, p);
+        it = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, key) : NULL;
+        p += len + (dot ? 1 : 0);
+    }
+    if (cJSON_IsString(it))
+        return it->valuestring;
+    if (cJSON_IsNumber(it)) {
+        snprintf(c->num, sizeof(c->num), "%g", it->valuedouble);
+        return c->num;
+    }
+    if (cJSON_IsBool(it))
+        return cJSON_IsTrue(it) ? "true" : "false";
+    return NULL;
+}
+
+void tpl_customer_cleanup(struct tpl_customer *c)
+{
+    cJSON_Delete(c->parsed);
+    c->parsed = NULL;
 }

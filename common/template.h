@@ -25,6 +25,19 @@ enum tpl_escape { TPL_ESCAPE_NONE = 0, TPL_ESCAPE_HTML };
 enum cr_err tpl_render(const char *tpl, tpl_lookup_fn lookup, void *ctx, enum tpl_escape esc,
                        struct buf *out, char *err, size_t errsz) CR_MUST_CHECK;
 
+/* The variables every message and call script can use: the customer's
+ * columns and attributes.<path> (nested objects walked: attributes.a.b).
+ * Set the strings (NULL: missing), pass &vars with tpl_customer_lookup, then
+ * tpl_customer_cleanup. Numbers render as %g, booleans as true/false. */
+struct tpl_customer {
+    const char *first_name, *last_name, *email, *phone, *external_id;
+    const char *attributes; /* the customer's attributes as JSON text, or NULL */
+    struct cJSON *parsed;   /* attributes, parsed on first use */
+    char num[32];
+};
+const char *tpl_customer_lookup(void *vars, const char *name, size_t namelen);
+void tpl_customer_cleanup(struct tpl_customer *vars);
+
 /* Returns true when name (namelen) is an allowed variable. */
 typedef bool (*tpl_allowed_fn)(const char *name, size_t namelen);
 

@@ -271,45 +271,14 @@ static struct account *account_get(struct worker *w, PGresult *res, int row, cha
  * Rendering
  * ------------------------------------------------------------------- */
 
-struct render_ctx {
-    PGresult *res;
-    int row;
-    cJSON *attrs;
-    char num[32];
-};
-
-static const char *render_lookup(void *arg, const char *name, size_t n)
+/* The customer's template variables, from the claim row's columns. */
+static struct tpl_customer render_vars(PGresult *res, int row)
 {
-    struct render_ctx *c = arg;
-    static const struct {
-        const char *name;
-        int col;
-    } cols[] = {{"first_name", COL_FIRST},
-                {"last_name", COL_LAST},
-                {"email", COL_EMAIL},
-                {"phone", COL_PHONE},
-                {"external_id", COL_EXTERNAL}};
-    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
-        if (strlen(cols[i].name) == n && strncmp(cols[i].name, name, n) == 0)
-            return PQgetisnull(c->res, c->row, cols[i].col)
-                       ? NULL
-                       : PQgetvalue(c->res, c->row, cols[i].col);
-    if (n > 11 && strncmp(name, "attributes.", 11) == 0) {
-        if (!c->attrs)
-            c->attrs = cJSON_Parse(PQgetvalue(c->res, c->row, COL_ATTRS));
-        char key[128];
-        snprintf(key, sizeof(key), "%.*s", (int)(n - 11), name + 11);
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->attrs, key);
-        if (cJSON_IsString(v))
-            return v->valuestring;
-        if (cJSON_IsNumber(v)) {
-            snprintf(c->num, sizeof(c->num), "%g", v->valuedouble);
-            return c->num;
-        }
-        if (cJSON_IsBool(v))
-            return cJSON_IsTrue(v) ? "true" : "false";
-    }
-    return NULL;
+    const int cols[] = {COL_FIRST, COL_LAST, COL_EMAIL, COL_PHONE, COL_EXTERNAL, COL_ATTRS};
+    const char *v[6];
+    for (int i = 0; i < 6; i++)
+        v[i] = PQgetisnull(res, row, cols[i]) ? NULL : PQgetvalue(res, row, cols[i]);
+    return (struct tpl_customer){v[0], v[1], v[2], v[3], v[4], v[5], NULL, ""};
 }
 
 /* ---------------------------------------------------------------------
@@ -530,7 +499,7 @@ static int render_email(struct worker *w, PGresult *res, int row, char variant[3
     const cJSON *msg = v ? cJSON_GetObjectItemCaseSensitive(v, "message") : own;
     static const char *const keys[] = {"subject", "text", "html"};
     char **outs[] = {&m->subject, &m->text, &m->html};
-    struct render_ctx rc = {res, row, NULL, ""};
+    struct tpl_customer vars = render_vars(res, row);
     int rcode = 0;
     for (int i = 0; i < 3 && !rcode; i++) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, keys[i]);
@@ -538,7 +507,7 @@ static int render_email(struct worker *w, PGresult *res, int row, char variant[3
             continue;
         struct buf b;
         buf_init(&b, SEND_MAX_BODY);
-        if (tpl_render(t->valuestring, render_lookup, &rc,
+        if (tpl_render(t->valuestring, tpl_customer_lookup, &vars,
                        i == 2 ? TPL_ESCAPE_HTML : TPL_ESCAPE_NONE, &b, err, errsz) != CR_OK) {
             buf_cleanup(&b);
             rcode = -1;
@@ -552,7 +521,7 @@ static int render_email(struct worker *w, PGresult *res, int row, char variant[3
         snprintf(m->from_name, sizeof(m->from_name), "%s", fn->valuestring);
     if (cJSON_IsString(rt))
         snprintf(m->reply_to, sizeof(m->reply_to), "%s", rt->valuestring);
-    cJSON_Delete(rc.attrs);
+    tpl_customer_cleanup(&vars);
     cJSON_Delete(own);
     if (!rcode && (!m->subject || (!m->text && !m->html))) {
         snprintf(err, errsz, "the email has no subject or no content");
@@ -878,13 +847,13 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
         /* The messages table keeps the subject and the text (else the html). */
         o.body = xasprintf("%s\n\n%s", m.subject, m.text ? m.text : m.html);
     } else {
-        struct render_ctx rc = {res, row, NULL, ""};
+        struct tpl_customer vars = render_vars(res, row);
         struct buf body;
         buf_init(&body, SEND_MAX_BODY);
         char err[160];
-        enum cr_err e = tpl_render(pick_body(w, res, row, o.variant), render_lookup, &rc,
+        enum cr_err e = tpl_render(pick_body(w, res, row, o.variant), tpl_customer_lookup, &vars,
                                    TPL_ESCAPE_NONE, &body, err, sizeof(err));
-        cJSON_Delete(rc.attrs);
+        tpl_customer_cleanup(&vars);
         if (e != CR_OK) {
             buf_cleanup(&body);
             skip_or_fail(w, &o, SEND_FAILED, "template", err);

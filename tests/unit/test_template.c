@@ -239,6 +239,41 @@ static void test_validate(void)
     CHECK(tpl_validate("{{anything.at_all}}", NULL, err, sizeof(err)) == CR_OK);
 }
 
+static void test_customer_vars(void)
+{
+    struct tpl_customer c = {"Ada",
+                             NULL,
+                             "ada@example.com",
+                             "+14155550100",
+                             "c-1",
+                             "{\"city\":\"Boston\",\"visits\":3,\"vip\":true,"
+                             "\"clinic\":{\"name\":\"North & Co\"},\"a.b\":\"flat\"}",
+                             NULL,
+                             ""};
+    struct buf out;
+    char err[128];
+    buf_init(&out, 4096);
+    CHECK(tpl_render("{{first_name}} {{last_name|-}} {{phone}} {{external_id}} "
+                     "{{attributes.city}} {{attributes.visits}} {{attributes.vip}} "
+                     "{{attributes.clinic.name}} {{attributes.clinic|none}} "
+                     "{{attributes.missing.x|none}} {{attributes.a.b|nested only}}",
+                     tpl_customer_lookup, &c, TPL_ESCAPE_HTML, &out, err, sizeof(err)) == CR_OK);
+    CHECK_STR(buf_str(&out), "Ada - +14155550100 c-1 Boston 3 true North &amp; Co none none "
+                             "nested only");
+    tpl_customer_cleanup(&c);
+    CHECK(c.parsed == NULL);
+    /* No attributes at all, or attributes that are not JSON: missing. */
+    struct tpl_customer bare = {"Bo", NULL, NULL, NULL, NULL, NULL, NULL, ""};
+    CHECK(tpl_customer_lookup(&bare, "attributes.city", 15) == NULL);
+    CHECK(tpl_customer_lookup(&bare, "email", 5) == NULL);
+    CHECK_STR(tpl_customer_lookup(&bare, "first_name", 10), "Bo");
+    CHECK(tpl_customer_lookup(&bare, "first_namex", 10) != NULL); /* namelen bounds the name */
+    bare.attributes = "not json";
+    CHECK(tpl_customer_lookup(&bare, "attributes.city", 15) == NULL);
+    tpl_customer_cleanup(&bare);
+    buf_cleanup(&out);
+}
+
 int main(void)
 {
     RUN(test_plain);
@@ -251,5 +286,6 @@ int main(void)
     RUN(test_single_braces);
     RUN(test_unicode);
     RUN(test_validate);
+    RUN(test_customer_vars);
     return check_summary();
 }
