@@ -44,7 +44,7 @@ struct pgpool {
     struct event_base *base;
     char *url;
     char *app_name;
-    char options[64];
+    char options[256];
     int size;
     int timeout_ms;
     struct pgc *conns;
@@ -360,6 +360,12 @@ static void pool_tick_cb(evutil_socket_t fd, short what, void *arg)
 struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *app_name, int size,
                           int timeout_ms)
 {
+    return pgpool_new_with(base, url, app_name, size, timeout_ms, NULL);
+}
+
+struct pgpool *pgpool_new_with(struct event_base *base, const char *url, const char *app_name,
+                               int size, int timeout_ms, const char *settings)
+{
     if (!base || !url || size <= 0 || timeout_ms <= 0)
         return NULL;
     struct pgpool *p = xcalloc(1, sizeof(*p));
@@ -368,7 +374,14 @@ struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *
     p->app_name = xstrdup(app_name);
     p->size = size;
     p->timeout_ms = timeout_ms;
-    snprintf(p->options, sizeof(p->options), "-c statement_timeout=%d", timeout_ms);
+    int n = snprintf(p->options, sizeof(p->options), "-c statement_timeout=%d%s%s", timeout_ms,
+                     settings ? " " : "", settings ? settings : "");
+    if (n < 0 || (size_t)n >= sizeof(p->options)) {
+        free(p->url);
+        free(p->app_name);
+        free(p);
+        return NULL;
+    }
     snprintf(p->last_error, sizeof(p->last_error), "PostgreSQL not connected yet");
     p->conns = xcalloc((size_t)size, sizeof(*p->conns));
     p->kick = event_new(base, -1, 0, pool_kick_cb, p);

@@ -24,6 +24,10 @@ typedef void (*pgpool_cb)(void *arg, PGresult *res, const char *errmsg, const ch
 /* Starts connecting size connections. Returns NULL only on bad arguments. */
 struct pgpool *pgpool_new(struct event_base *base, const char *url, const char *app_name, int size,
                           int timeout_ms);
+/* Same, with settings for every session ("-c name=value ...", at most 200
+ * characters; NULL: none). */
+struct pgpool *pgpool_new_with(struct event_base *base, const char *url, const char *app_name,
+                               int size, int timeout_ms, const char *settings);
 void pgpool_free(struct pgpool *p);
 
 /* Queues one parameterised statement (text params, NULL = SQL NULL). */
