@@ -134,6 +134,7 @@ void send_cleanup(struct worker *w)
         }
         if (a->timer)
             event_free(a->timer);
+        curl_url_cleanup(a->uh);
         memset(a->auth, 0, sizeof(a->auth));
         memset(a->smtp_pass, 0, sizeof(a->smtp_pass));
         free(a);
@@ -243,6 +244,15 @@ struct account *send_account(struct worker *w, long long id, const char *kind, c
             memset(a, 0, sizeof(*a));
             free(a);
             return NULL;
+        }
+    }
+    if (a->kind == ACCOUNT_TWILIO || a->kind == ACCOUNT_SENDGRID) {
+        /* Without it (out of memory, a URL curl rejects) the sends parse
+         * the text URL and fail the way that URL fails. */
+        a->uh = curl_url();
+        if (a->uh && curl_url_set(a->uh, CURLUPART_URL, a->url, 0) != CURLUE_OK) {
+            curl_url_cleanup(a->uh);
+            a->uh = NULL;
         }
     }
     a->next = w->accounts;
@@ -916,7 +926,10 @@ void send_start(struct worker *w, PGresult *res, int row, int ch, const char *st
     }
     email_cleanup(&m);
     CURL *c = s->easy;
-    curl_easy_setopt(c, CURLOPT_URL, a->url);
+    if (a->uh)
+        curl_easy_setopt(c, CURLOPT_CURLU, a->uh);
+    else
+        curl_easy_setopt(c, CURLOPT_URL, a->url);
     if (smtp) {
         /* smtp_setup set the envelope, the MIME message and its headers. */
     } else if (json) {

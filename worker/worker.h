@@ -62,6 +62,7 @@ struct account {
     int kind; /* enum account_kind */
     char from[64];
     char url[512];  /* full Messages.json URL */
+    CURLU *uh;      /* url parsed once (HTTP kinds): curl parses CURLOPT_URL on every send */
     char auth[256]; /* "sid:secret" for Basic auth; SendGrid: the Authorization header */
     char smtp_user[260], smtp_pass[520];
     bool smtp_starttls; /* require STARTTLS (smtp://); "tls" is smtps:// in url */
