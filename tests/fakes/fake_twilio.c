@@ -123,6 +123,10 @@
  *    "status_callback","status_callback_event","timeout","machine_detection","async_amd"},
  * plus "reply_lost":true when the reply was withheld (paccept_timeout).
  *
+ * fake-twilio --self-test-json (ctest unit.fake_twilio_json) checks that the Messages.json
+ * 201 and record line, written by hand on this hot path, are byte for byte what cJSON
+ * prints, and exits 0 or 1.
+ *
  * Single-threaded libevent evhttp server bound to loopback only; no per-request logging so
  * it sustains tens of thousands of keep-alive requests per second. A held request keeps its
  * evhttp_request; reading on its connection is paused until the reply (HTTP/1.1 clients do
@@ -295,6 +299,13 @@ struct fake_stats {
     uint64_t callbacks_dropped;
 };
 
+/* Memory that the hand-written JSON of the Messages.json hot path is built in (see "JSON
+ * written by hand"); reused from one request to the next, grown on demand. */
+struct scratch {
+    char *data;
+    size_t cap;
+};
+
 struct hold;
 struct cb_job;
 
@@ -319,6 +330,7 @@ struct app {
     struct event_base *base;
     struct evhttp *http;
     struct evbuffer *out; /* reused reply body; evhttp_send_reply drains it */
+    struct scratch json;  /* Messages.json reply and record line */
     char *credentials;    /* "sid:token", compared with the decoded Basic auth */
     size_t credentials_len;
     char *messages_path; /* TW_ACCOUNTS_PREFIX sid "/" TW_MESSAGES_LEAF */
@@ -661,9 +673,21 @@ static int gsm7_septets(uint32_t c)
     if (c == '\n' || c == '\r')
         return 1;
     if (c >= 0x20 && c < 0x7f) {
-        if (strchr("[\\]^{|}~", (int)c))
+        switch (c) {
+        case '[':
+        case '\\':
+        case ']':
+        case '^':
+        case '{':
+        case '|':
+        case '}':
+        case '~':
             return 2;
-        return c == '`' ? 0 : 1;
+        case '`':
+            return 0;
+        default:
+            return 1;
+        }
     }
     if (c == '\f' || c == 0x20ac) /* form feed, euro sign: extension table */
         return 2;
@@ -793,6 +817,103 @@ static bool is_positive_int(const char *s)
     if (n == 0 || n > 9 || s[0] == '0')
         return false;
     return strspn(s, "0123456789") == n;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * JSON written by hand, for the Messages.json hot path only
+ *
+ * A 201 to a Messages.json create and its record line are written straight into struct
+ * scratch: the bytes cJSON_PrintUnformatted gives for the trees the cJSON builders
+ * (msg_resource_cjson, msg_record_cjson) make, without a node, a key copy and a value copy
+ * allocated and freed per field, nor the printer's buffer. --self-test-json compares the two.
+ * Everything else still goes through cJSON.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Room jw_str needs for a string of n bytes: every byte a \u00xx escape, and the quotes. */
+#define JW_STR_MAX(n) (6 * (n) + 2)
+
+/* Returns s's memory, at least need bytes; its content is not kept. */
+static char *scratch_reserve(struct scratch *s, size_t need)
+{
+    if (need > s->cap) {
+        size_t cap = s->cap ? s->cap : 1024;
+        while (cap < need)
+            cap *= 2;
+        free(s->data);
+        s->data = xmalloc(cap);
+        s->cap = cap;
+    }
+    return s->data;
+}
+
+static void scratch_cleanup(struct scratch *s)
+{
+    free(s->data);
+    s->data = NULL;
+    s->cap = 0;
+}
+
+/* Writes n bytes at p; returns the end. */
+static char *jw_raw(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define JW_LIT(p, lit) jw_raw((p), (lit), sizeof(lit) - 1)
+
+/* Writes the C string s (up to its NUL, as cJSON takes it) as a JSON string the way cJSON
+ * 1.7 prints one: '"' and '\\' escaped, \b \f \n \r \t by name, every other byte below 0x20
+ * as \u00xx (lowercase hex), everything else - '/', DEL, bytes >= 0x80 - as it is. p has
+ * room for JW_STR_MAX(strlen(s)) bytes; returns the end. */
+static char *jw_str(char *p, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *c = (const unsigned char *)s;
+    *p++ = '"';
+    for (;; c++) {
+        const unsigned char *run = c;
+        while (*c >= 0x20 && *c != '"' && *c != '\\')
+            c++;
+        p = jw_raw(p, (const char *)run, (size_t)(c - run));
+        if (!*c)
+            break;
+        *p++ = '\\';
+        switch (*c) {
+        case '"':
+        case '\\':
+            *p++ = (char)*c;
+            break;
+        case '\b':
+            *p++ = 'b';
+            break;
+        case '\f':
+            *p++ = 'f';
+            break;
+        case '\n':
+            *p++ = 'n';
+            break;
+        case '\r':
+            *p++ = 'r';
+            break;
+        case '\t':
+            *p++ = 't';
+            break;
+        default:
+            p = JW_LIT(p, "u00");
+            *p++ = hex[*c >> 4];
+            *p++ = hex[*c & 0xf];
+            break;
+        }
+    }
+    *p++ = '"';
+    return p;
+}
+
+/* jw_str, or null for NULL (room: JW_STR_MAX(strlen(s)), at least 4). */
+static char *jw_str_or_null(char *p, const char *s)
+{
+    return s ? jw_str(p, s) : JW_LIT(p, "null");
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -943,6 +1064,20 @@ static void holds_cleanup(struct app *app)
  * Replies: the only place that sets headers and calls evhttp_send_reply
  * ------------------------------------------------------------------------------------------ */
 
+/* What snprintf(out, 35, "%.2s%016" PRIx64 "%016" PRIx64, prefix, hi, lo) writes, for a
+ * two-letter prefix, at a fraction of its cost (two ids per message). */
+static void id_format(char out[35], const char *prefix, uint64_t hi, uint64_t lo)
+{
+    static const char hex[] = "0123456789abcdef";
+    out[0] = prefix[0];
+    out[1] = prefix[1];
+    for (int i = 0; i < 16; i++) {
+        out[2 + i] = hex[(hi >> (60 - 4 * i)) & 0xf];
+        out[18 + i] = hex[(lo >> (60 - 4 * i)) & 0xf];
+    }
+    out[34] = '\0';
+}
+
 static void make_id(struct app *app, const char *prefix, uint64_t counter, char out[35])
 {
     /* Bijective in counter, so ids never repeat; the prefix keeps SM, CA and RQ streams
@@ -951,7 +1086,7 @@ static void make_id(struct app *app, const char *prefix, uint64_t counter, char 
                       0x9e3779b97f4a7c15ULL;
     uint64_t hi = mix64(counter ^ app->id_key[1] ^ domain);
     uint64_t lo = mix64(hi ^ app->id_key[2]) ^ app->id_key[0];
-    snprintf(out, 35, "%.2s%016" PRIx64 "%016" PRIx64, prefix, hi, lo);
+    id_format(out, prefix, hi, lo);
 }
 
 static void reply_send(struct exchange *ex, int status, const char *json, size_t len)
@@ -1272,13 +1407,22 @@ static bool fault_pass_or_reply(struct exchange *ex, enum fault_action fault)
     return true;
 }
 
+/* After an accepted request: for paccept_timeout, withholds the reply and returns true;
+ * otherwise returns false and the caller sends its 201. */
+static bool fault_withhold_accepted(struct exchange *ex, enum fault_action fault)
+{
+    if (fault != FAULT_ACCEPT_TIMEOUT)
+        return false;
+    ex->app->stats.faults_accept_timeout++;
+    reply_withhold(ex);
+    return true;
+}
+
 /* After an accepted request: its 201, or nothing for paccept_timeout. Takes root. */
 static void fault_reply_accepted(struct exchange *ex, enum fault_action fault, cJSON *root)
 {
-    if (fault == FAULT_ACCEPT_TIMEOUT) {
-        ex->app->stats.faults_accept_timeout++;
+    if (fault_withhold_accepted(ex, fault)) {
         cJSON_Delete(root);
-        reply_withhold(ex);
         return;
     }
     reply_cjson(ex, FAKE_HTTP_CREATED, root);
@@ -1380,6 +1524,25 @@ static void add_string_or_null(cJSON *o, const char *name, const char *value)
         cJSON_AddNullToObject(o, name);
 }
 
+/* After a failed write to the --record file. */
+static void record_stop(struct app *app)
+{
+    fprintf(stderr, "fake-twilio: writing %s failed: %s; recording stopped\n",
+            app->cfg->record_path, strerror(errno));
+    app->record_failed = true;
+}
+
+/* The text of a record line (line is deleted here), without its newline: line plus
+ * "reply_lost":true when the reply was withheld. NULL when out of memory; cJSON_free it. */
+static char *record_text(cJSON *line, bool reply_lost)
+{
+    if (reply_lost)
+        cJSON_AddTrueToObject(line, "reply_lost");
+    char *text = cJSON_PrintUnformatted(line);
+    cJSON_Delete(line);
+    return text;
+}
+
 /* Appends line (deleted here) to the --record file. */
 static void record_write(struct app *app, cJSON *line, bool reply_lost)
 {
@@ -1387,15 +1550,9 @@ static void record_write(struct app *app, cJSON *line, bool reply_lost)
         cJSON_Delete(line);
         return;
     }
-    if (reply_lost)
-        cJSON_AddTrueToObject(line, "reply_lost");
-    char *text = cJSON_PrintUnformatted(line);
-    cJSON_Delete(line);
-    if (!text || fputs(text, app->record) == EOF || fputc('\n', app->record) == EOF) {
-        fprintf(stderr, "fake-twilio: writing %s failed: %s; recording stopped\n",
-                app->cfg->record_path, strerror(errno));
-        app->record_failed = true;
-    }
+    char *text = record_text(line, reply_lost);
+    if (!text || fputs(text, app->record) == EOF || fputc('\n', app->record) == EOF)
+        record_stop(app);
     cJSON_free(text);
 }
 
@@ -1415,12 +1572,22 @@ static void count_accepted(struct strset *pairs, struct strset *recipients, uint
     (void)strset_add_take(recipients, xstrndup(to, tl), tl);
 }
 
+/* The current time as Twilio writes dates; made once a second (single-threaded). */
 static void format_date(char *out, size_t n)
 {
+    static time_t made = (time_t)-1;
+    static char date[64];
+    static size_t len;
     time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(out, n, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    if (now != made) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        len = strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+        made = now;
+    }
+    size_t k = len < n ? len : n - 1;
+    memcpy(out, date, k);
+    out[k] = '\0';
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1905,26 +2072,58 @@ static bool msg_validate_or_reply(struct exchange *ex, const struct form *f, uns
     return true;
 }
 
-static void msg_record(struct app *app, const char *sid, const struct form *f, bool reply_lost)
+/* The record line of an accepted message, built with cJSON: the reference msg_record_write
+ * is checked against (--self-test-json). */
+static cJSON *msg_record_cjson(const char *sid, const struct form *f)
 {
-    if (!app->record || app->record_failed)
-        return;
     cJSON *line = cJSON_CreateObject();
     cJSON_AddStringToObject(line, "kind", "message");
     cJSON_AddStringToObject(line, "sid", sid);
     cJSON_AddStringToObject(line, "to", f->value[MSG_TO]);
     add_string_or_null(line, "from", f->value[MSG_FROM]);
     cJSON_AddStringToObject(line, "body", f->value[MSG_BODY]);
-    record_write(app, line, reply_lost);
+    return line;
 }
 
-static cJSON *msg_resource(struct app *app, const char *sid, const struct form *f,
-                           unsigned segments)
+/* Writes into s the record line of an accepted message, newline included, byte for byte what
+ * record_text(msg_record_cjson(sid, f), reply_lost) and a '\n' make. Returns its length. */
+static size_t msg_record_write(struct scratch *s, const char *sid, const struct form *f,
+                               bool reply_lost)
 {
-    const char *acct = app->cfg->account_sid;
+    /* f->len bounds the strings: a value ends at its first NUL, as cJSON reads it. */
+    size_t need =
+        128 + JW_STR_MAX(strlen(sid) + f->len[MSG_TO] + f->len[MSG_FROM] + f->len[MSG_BODY]);
+    char *start = scratch_reserve(s, need), *p = start;
+    p = JW_LIT(p, "{\"kind\":\"message\",\"sid\":");
+    p = jw_str(p, sid);
+    p = JW_LIT(p, ",\"to\":");
+    p = jw_str(p, f->value[MSG_TO]);
+    p = JW_LIT(p, ",\"from\":");
+    p = jw_str_or_null(p, f->value[MSG_FROM]);
+    p = JW_LIT(p, ",\"body\":");
+    p = jw_str(p, f->value[MSG_BODY]);
+    if (reply_lost)
+        p = JW_LIT(p, ",\"reply_lost\":true");
+    p = JW_LIT(p, "}\n");
+    return (size_t)(p - start);
+}
+
+static void msg_record(struct app *app, const char *sid, const struct form *f, bool reply_lost)
+{
+    if (!app->record || app->record_failed)
+        return;
+    size_t n = msg_record_write(&app->json, sid, f, reply_lost);
+    if (fwrite(app->json.data, 1, n, app->record) != n)
+        record_stop(app);
+}
+
+/* The Message resource answering a create, built with cJSON: the reference
+ * msg_resource_write is checked against (--self-test-json). */
+static cJSON *msg_resource_cjson(const char *acct, const char *sid, const struct form *f,
+                                 unsigned segments, const char *date)
+{
     bool service = f->value[MSG_SERVICE] != NULL;
-    char date[64], num[16], uri[256], media[256];
-    format_date(date, sizeof(date));
+    char num[16], uri[256], media[256];
     /* A Messaging Service picks the sender later: Twilio answers num_segments "0". */
     snprintf(num, sizeof(num), "%u", service ? 0u : segments);
     snprintf(uri, sizeof(uri), TW_ACCOUNTS_PREFIX "%s/Messages/%s.json", acct, sid);
@@ -1955,6 +2154,76 @@ static cJSON *msg_resource(struct app *app, const char *sid, const struct form *
     return o;
 }
 
+/* Appends the C string s to the string of len bytes in out (n bytes), cut to n - 1 bytes
+ * as snprintf cuts. */
+static void cut_append(char *out, size_t n, size_t *len, const char *s)
+{
+    size_t k = strlen(s);
+    if (k > n - 1 - *len)
+        k = n - 1 - *len;
+    memcpy(out + *len, s, k);
+    *len += k;
+    out[*len] = '\0';
+}
+
+/* Writes into s the Message resource answering a create, byte for byte what
+ * cJSON_PrintUnformatted(msg_resource_cjson(...)) prints. Returns its length. */
+static size_t msg_resource_write(struct scratch *s, const char *acct, const char *sid,
+                                 const struct form *f, unsigned segments, const char *date)
+{
+    bool service = f->value[MSG_SERVICE] != NULL;
+    /* What msg_resource_cjson's snprintf calls make (uri and media cut for an absurd account
+     * sid), without their cost. */
+    char num[16], uri[256], media[256], *d = num + sizeof(num) - 1;
+    unsigned v = service ? 0u : segments;
+    *d = '\0';
+    do {
+        *--d = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memmove(num, d, (size_t)(num + sizeof(num) - d));
+    size_t ul = 0, ml = 0;
+    const char *const uri_parts[] = {TW_ACCOUNTS_PREFIX, acct, "/Messages/", sid, ".json"};
+    const char *const media_parts[] = {TW_ACCOUNTS_PREFIX, acct, "/Messages/", sid, "/Media.json"};
+    uri[0] = media[0] = '\0';
+    for (size_t i = 0; i < sizeof(uri_parts) / sizeof(uri_parts[0]); i++) {
+        cut_append(uri, sizeof(uri), &ul, uri_parts[i]);
+        cut_append(media, sizeof(media), &ml, media_parts[i]);
+    }
+    /* The keys, fixed values and quotes take under 512 bytes; f->len bounds the form's
+     * strings. */
+    size_t need = 512 + JW_STR_MAX(strlen(acct) + 2 * strlen(date) + strlen(sid) + strlen(num) +
+                                   ul + ml + f->len[MSG_TO] + f->len[MSG_FROM] +
+                                   f->len[MSG_SERVICE] + f->len[MSG_BODY]);
+    char *start = scratch_reserve(s, need), *p = start;
+    p = JW_LIT(p, "{\"account_sid\":");
+    p = jw_str(p, acct);
+    p = JW_LIT(p, ",\"api_version\":\"2010-04-01\",\"body\":");
+    p = jw_str(p, f->value[MSG_BODY]);
+    p = JW_LIT(p, ",\"date_created\":");
+    p = jw_str(p, date);
+    p = JW_LIT(p, ",\"date_sent\":null,\"date_updated\":");
+    p = jw_str(p, date);
+    p = JW_LIT(p, ",\"direction\":\"outbound-api\",\"error_code\":null,"
+                  "\"error_message\":null,\"from\":");
+    p = jw_str_or_null(p, f->value[MSG_FROM]);
+    p = JW_LIT(p, ",\"messaging_service_sid\":");
+    p = jw_str_or_null(p, f->value[MSG_SERVICE]);
+    p = JW_LIT(p, ",\"num_media\":\"0\",\"num_segments\":");
+    p = jw_str(p, num);
+    p = JW_LIT(p, ",\"price\":null,\"price_unit\":\"USD\",\"sid\":");
+    p = jw_str(p, sid);
+    p = service ? JW_LIT(p, ",\"status\":\"accepted\"") : JW_LIT(p, ",\"status\":\"queued\"");
+    p = JW_LIT(p, ",\"subresource_uris\":{\"media\":");
+    p = jw_str(p, media);
+    p = JW_LIT(p, "},\"to\":");
+    p = jw_str(p, f->value[MSG_TO]);
+    p = JW_LIT(p, ",\"uri\":");
+    p = jw_str(p, uri);
+    p = JW_LIT(p, "}");
+    return (size_t)(p - start);
+}
+
 static void messages_create(struct exchange *ex)
 {
     struct app *app = ex->app;
@@ -1976,7 +2245,13 @@ static void messages_create(struct exchange *ex)
     resmap_add(&app->resources, sid, false, form.value[MSG_SERVICE] != NULL);
     cb_plan(app, sid, false, form.value[MSG_STATUS_CALLBACK], form.value[MSG_FROM],
             form.value[MSG_TO], form.value[MSG_SERVICE], NULL, false);
-    fault_reply_accepted(ex, fault, msg_resource(app, sid, &form, segments));
+    if (!fault_withhold_accepted(ex, fault)) {
+        char date[64];
+        format_date(date, sizeof(date));
+        size_t n =
+            msg_resource_write(&app->json, app->cfg->account_sid, sid, &form, segments, date);
+        reply_send(ex, FAKE_HTTP_CREATED, app->json.data, n);
+    }
 out:
     form_cleanup(&form);
 }
@@ -2704,8 +2979,235 @@ static void seed_ids(struct app *app)
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+ * --self-test-json: the hand-written Messages.json JSON against cJSON, byte for byte
+ *
+ * Runs msg_resource_write and msg_record_write and the cJSON builders they replace over
+ * tricky inputs - every byte value, quotes, backslashes, slashes, control characters, DEL,
+ * UTF-8 and invalid UTF-8, embedded NULs, a Messaging Service, absent fields, odd and long
+ * account sids, reply_lost - and over pseudo-random ones, raw and through form_parse.
+ * ------------------------------------------------------------------------------------------ */
+
+struct jt {
+    struct scratch s;
+    unsigned cases;    /* messages (a resource and a record line each) and ids */
+    unsigned failures; /* texts that differ */
+};
+
+/* Sets field i of f to a copy of the n bytes at v (NULs included), or to absent (v NULL). */
+static void jt_field(struct form *f, int i, const char *v, size_t n)
+{
+    free(f->value[i]);
+    f->value[i] = NULL;
+    f->len[i] = 0;
+    if (!v)
+        return;
+    f->value[i] = xmalloc(n + 1);
+    memcpy(f->value[i], v, n);
+    f->value[i][n] = '\0';
+    f->len[i] = n;
+}
+
+static void jt_report(struct jt *t, const char *what, const char *want, size_t wn, const char *got,
+                      size_t gn)
+{
+    if (t->failures++ >= 5)
+        return;
+    fprintf(stderr, "fake-twilio: --self-test-json: case %u: %s differs\n  cJSON: ", t->cases,
+            what);
+    fwrite(want, 1, wn, stderr);
+    fputs("\n  wrote: ", stderr);
+    fwrite(got, 1, gn, stderr);
+    fputc('\n', stderr);
+}
+
+/* Compares both ways of writing the resource and the record line of one message. */
+static void jt_check(struct jt *t, const char *acct, const char *sid, const struct form *f,
+                     unsigned segments, const char *date, bool reply_lost)
+{
+    t->cases++;
+    cJSON *tree = msg_resource_cjson(acct, sid, f, segments, date);
+    char *want = cJSON_PrintUnformatted(tree);
+    cJSON_Delete(tree);
+    size_t n = msg_resource_write(&t->s, acct, sid, f, segments, date);
+    if (!want || strlen(want) != n || memcmp(want, t->s.data, n) != 0)
+        jt_report(t, "resource", want ? want : "(null)", want ? strlen(want) : 6, t->s.data, n);
+    cJSON_free(want);
+
+    want = record_text(msg_record_cjson(sid, f), reply_lost);
+    n = msg_record_write(&t->s, sid, f, reply_lost);
+    size_t wn = want ? strlen(want) : 0;
+    if (!want || wn + 1 != n || memcmp(want, t->s.data, wn) != 0 || t->s.data[wn] != '\n')
+        jt_report(t, "record line", want ? want : "(null)", want ? wn : 6, t->s.data, n);
+    cJSON_free(want);
+}
+
+/* Every combination of From / MessagingServiceSid presence, reply_lost and a few segment
+ * counts, for one form's To and Body. */
+static void jt_variants(struct jt *t, const char *acct, const char *sid, struct form *f,
+                        const char *from, const char *service, const char *date)
+{
+    static const unsigned segments[] = {1, 0, 11, 4294967295u};
+    for (int k = 0; k < 4; k++) {
+        jt_field(f, MSG_FROM, k & 1 ? NULL : from, from ? strlen(from) : 0);
+        jt_field(f, MSG_SERVICE, k & 2 ? service : NULL, service ? strlen(service) : 0);
+        jt_check(t, acct, sid, f, segments[k], date, k == 1 || k == 2);
+    }
+}
+
+static uint64_t jt_rand(uint64_t *state)
+{
+    return rng_next(state);
+}
+
+/* n random bytes at out, mostly the ones that need care. */
+static void jt_random_bytes(uint64_t *state, char *out, size_t n)
+{
+    static const char special[] = "\"\\/\b\f\n\r\t\x01\x1f\x7f\x80\xbf\xc3\xa9\xe2\x82\xac\xf0"
+                                  "\x9f\x98\x80\xff{}:,u0 aZ";
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = jt_rand(state);
+        out[i] = r % 4 == 0 ? (char)(r >> 8) : special[(r >> 8) % (sizeof(special) - 1)];
+    }
+}
+
+static int self_test_json(void)
+{
+    struct jt t = {0};
+    struct form f;
+    memset(&f, 0, sizeof(f));
+    char date[64];
+    format_date(date, sizeof(date));
+    static const char *const accts[] = {
+        DEFAULT_ACCOUNT_SID,
+        "AC\"quoted\\back\\slash\"",
+        "AC\x01\x1f\x7f\xc3\xa9\xff\t\n",
+        "AC\\u0000</script>",
+    };
+    static const char *const strings[] = {
+        "",
+        "plain",
+        "\"",
+        "\\",
+        "/",
+        "a/b\\c\"d",
+        "\b\f\n\r\t",
+        "\x01\x02\x1e\x1f\x7f",
+        "caf\xc3\xa9 \xe2\x82\xac"
+        "5 \xf0\x9f\x98\x80 \xef\xbf\xbd",
+        "\xff\xfe\x80\xc0\xaf",
+        "\\u0000 \\n \\\" </script>",
+        "+15551234567",
+        "MG00000000000000000000000000000000",
+        "{\"json\":[1,2,null]}",
+    };
+    size_t nstrings = sizeof(strings) / sizeof(strings[0]);
+
+    /* Fixed strings in every position, with every account sid. */
+    for (size_t a = 0; a < sizeof(accts) / sizeof(accts[0]); a++)
+        for (size_t i = 0; i < nstrings; i++) {
+            const char *o = strings[(i + 1) % nstrings];
+            jt_field(&f, MSG_TO, strings[i], strlen(strings[i]));
+            jt_field(&f, MSG_BODY, o, strlen(o));
+            jt_variants(&t, accts[a], "SM0123456789abcdef0123456789abcdef", &f, strings[i], o,
+                        date);
+            jt_field(&f, MSG_BODY, strings[i], strlen(strings[i]));
+            jt_variants(&t, accts[a], strings[i], &f, o, strings[i], strings[i]);
+        }
+
+    /* Every byte value alone and between others; a NUL ends the value as cJSON reads it. */
+    for (int c = 0; c < 256; c++) {
+        char one[4] = {'x', (char)c, 'y', '\0'};
+        jt_field(&f, MSG_TO, one + 1, 1);
+        jt_field(&f, MSG_BODY, one, 3);
+        jt_variants(&t, DEFAULT_ACCOUNT_SID, "SM0123456789abcdef0123456789abcdef", &f, one, one + 1,
+                    date);
+    }
+    jt_field(&f, MSG_BODY, "before\0after \" \\", 16);
+    jt_variants(&t, DEFAULT_ACCOUNT_SID, "SMx", &f, "a\0b", "\0", date);
+
+    /* A long account sid (uri and media are truncated) and long escaped bodies. */
+    char long_acct[301], long_body[4001];
+    memset(long_acct, 'A', sizeof(long_acct) - 1);
+    long_acct[sizeof(long_acct) - 1] = '\0';
+    for (size_t i = 0; i < sizeof(long_body) - 1; i++)
+        long_body[i] = "\"\\\x01\xc3\xa9/"[i % 6];
+    long_body[sizeof(long_body) - 1] = '\0';
+    jt_field(&f, MSG_TO, "+15551234567", 12);
+    jt_field(&f, MSG_BODY, long_body, sizeof(long_body) - 1);
+    jt_variants(&t, long_acct, "SM0123456789abcdef0123456789abcdef", &f, long_body, long_body,
+                date);
+
+    /* Pseudo-random raw fields. */
+    uint64_t state = 20240521;
+    char from[64], service[64], to[64], body[400];
+    for (int i = 0; i < 2000; i++) {
+        size_t fl = jt_rand(&state) % sizeof(from), sl = jt_rand(&state) % sizeof(service);
+        size_t tl = jt_rand(&state) % sizeof(to), bl = jt_rand(&state) % sizeof(body);
+        jt_random_bytes(&state, from, fl);
+        jt_random_bytes(&state, service, sl);
+        jt_random_bytes(&state, to, tl);
+        jt_random_bytes(&state, body, bl);
+        from[fl] = service[sl] = '\0';
+        jt_field(&f, MSG_TO, to, tl);
+        jt_field(&f, MSG_BODY, body, bl);
+        jt_variants(&t, DEFAULT_ACCOUNT_SID, "SM0123456789abcdef0123456789abcdef", &f, from,
+                    service, date);
+    }
+    form_cleanup(&f);
+
+    /* Forms as requests carry them: decoded and UTF-8 sanitised by form_parse. */
+    static const char *const bodies[] = {
+        "To=%2B15551234567&From=%2B15005550006&Body=Hello+%22world%22+%5C+%2F+%0A%09%01+%7F",
+        "To=%2B15551234567&MessagingServiceSid=MG%22x%5C&Body=caf%C3%A9+%E2%82%AC+%F0%9F%98%80",
+        "To=%2B15551234567&From=%2B1&Body=bad+%FF%FE%C0%AF+utf8+%ED%A0%80",
+        "To=%2B15551234567&From=a%00b&Body=nul%00inside",
+        "To=%2B15551234567&From=x&MessagingServiceSid=y&Body=%3C%2Fscript%3E%5Cu0000",
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        form_parse(&f, &msg_form_spec, bodies[i], strlen(bodies[i]));
+        jt_check(&t, DEFAULT_ACCOUNT_SID, "SM0123456789abcdef0123456789abcdef", &f, 2, date,
+                 i % 2 == 1);
+        form_cleanup(&f);
+    }
+    for (int i = 0; i < 500; i++) {
+        char raw[256], enc[3 * sizeof(raw) + 64];
+        size_t rl = jt_rand(&state) % sizeof(raw);
+        jt_random_bytes(&state, raw, rl);
+        int n = snprintf(enc, sizeof(enc), "To=%%2B1555%07d&From=%%2B1500555%04d&Body=", i, i);
+        for (size_t k = 0; k < rl; k++)
+            n += snprintf(enc + n, sizeof(enc) - (size_t)n, "%%%02X", (unsigned char)raw[k]);
+        form_parse(&f, &msg_form_spec, enc, (size_t)n);
+        if (f.value[MSG_BODY])
+            jt_check(&t, DEFAULT_ACCOUNT_SID, "SM0123456789abcdef0123456789abcdef", &f, 1, date,
+                     i % 3 == 0);
+        form_cleanup(&f);
+    }
+
+    /* Sids and request ids: id_format against the snprintf it replaces. */
+    static const char *const prefixes[] = {"SM", "CA", "RQ"};
+    for (int i = 0; i < 3000; i++) {
+        uint64_t hi = i < 3 ? 0 : jt_rand(&state), lo = i < 3 ? ~0ULL : jt_rand(&state);
+        if (i % 7 == 0)
+            hi >>= jt_rand(&state) % 64; /* leading zeros */
+        char want[35], got[35];
+        snprintf(want, sizeof(want), "%.2s%016" PRIx64 "%016" PRIx64, prefixes[i % 3], hi, lo);
+        id_format(got, prefixes[i % 3], hi, lo);
+        t.cases++;
+        if (memcmp(want, got, sizeof(want)) != 0)
+            jt_report(&t, "id", want, strlen(want), got, strnlen(got, sizeof(got)));
+    }
+
+    scratch_cleanup(&t.s);
+    fprintf(t.failures ? stderr : stdout,
+            "fake-twilio: --self-test-json: %u cases, %u texts differ\n", t.cases, t.failures);
+    return t.failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--self-test-json") == 0)
+        return self_test_json();
     struct fake_config cfg;
     struct fault_config faults;
     int rc = parse_args(argc, argv, &cfg, &faults);
@@ -2803,6 +3305,7 @@ out:
         evhttp_free(app.http);
     if (app.out)
         evbuffer_free(app.out);
+    scratch_cleanup(&app.json);
     if (app.base)
         event_base_free(app.base);
     strset_cleanup(&app.pairs);
