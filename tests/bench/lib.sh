@@ -45,6 +45,14 @@ if [ -n "${CRIER_BENCH_PGSS:-}" ]; then
   (. "$STACK/env" && psql -X -q "${CRIER_TEST_PG_ADMIN_URL%/postgres}/crier" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null)
 fi
 
+if [ -n "${CRIER_BENCH_AUTOEXPLAIN:-}" ]; then
+  (. "$STACK/env" && psql -X -q "$CRIER_TEST_PG_ADMIN_URL" -c "LOAD 'auto_explain'" \
+    -c "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'" \
+    -c "ALTER SYSTEM SET auto_explain.log_min_duration = '$CRIER_BENCH_AUTOEXPLAIN'" \
+    -c "ALTER SYSTEM SET auto_explain.log_nested_statements = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null)
+fi
+
 export CRIER_BIN_DIR=$BUILD CRIER_STACK_ENV=$STACK/env CRIER_SOURCE_DIR=$ROOT
 export CRIER_TEST_TMP=$STACK/run
 # shellcheck source=tests/lib.sh
