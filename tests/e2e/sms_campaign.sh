@@ -67,4 +67,12 @@ assert_eq "$(t_psql "SELECT count(*) FROM deliveries WHERE campaign_id = $CID2 A
   "$((N / 2))" "tag segment"
 assert_status 200 GET "$FAKE_URL/_fake/stats"
 assert_eq "$(json_get .duplicates)" 0 "still no duplicate"
+
+# A deleted delivery takes its messages with it, and only its own: the
+# customer's message of the other campaign stays.
+read -r DID DCUST <<<"$(t_psql "SELECT id, customer_id FROM deliveries WHERE campaign_id = $CID2 ORDER BY id LIMIT 1" | tr '|' ' ')"
+assert_eq "$(t_psql "SELECT count(*) FROM messages WHERE customer_id = $DCUST")" 2 "two messages before"
+t_psql "DELETE FROM deliveries WHERE id = $DID" >/dev/null
+assert_eq "$(t_psql "SELECT count(*) FROM messages WHERE delivery_id = $DID")" 0 "its messages deleted"
+assert_eq "$(t_psql "SELECT count(*) FROM messages WHERE customer_id = $DCUST")" 1 "the other campaign's message kept"
 echo "sms_campaign ok"
