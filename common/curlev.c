@@ -5,6 +5,16 @@
 
 #include "xalloc.h"
 
+/* The event of one socket curl watches (curl_multi_assign'ed to it). Kept
+ * for the next socket when curl lets go of it: a keep-alive connection is
+ * let go of and watched again on every request. */
+struct curlev_sock {
+    struct event *ev;
+    short kind;                /* what ev watches */
+    struct curlev_sock *next;  /* free list */
+    struct curlev_sock *every; /* all of them, freed with the curlev */
+};
+
 struct curlev {
     struct event_base *base;
     CURLM *multi;
@@ -12,11 +22,7 @@ struct curlev {
     curlev_done_cb done;
     curlev_after_cb after;
     void *arg;
-};
-
-/* The event of one socket curl watches (curl_multi_assign'ed to it). */
-struct curlev_sock {
-    struct event *ev;
+    struct curlev_sock *free_socks, *all_socks;
 };
 
 static void finished(struct curlev *cv)
@@ -52,8 +58,9 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
         if (sk) {
-            event_free(sk->ev);
-            free(sk);
+            event_del(sk->ev);
+            sk->next = cv->free_socks;
+            cv->free_socks = sk;
         }
         curl_multi_assign(cv->multi, s, NULL);
         return 0;
@@ -61,13 +68,27 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
     short kind = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) |
                          ((what & CURL_POLL_OUT) ? EV_WRITE : 0) | EV_PERSIST);
     if (!sk) {
-        sk = xcalloc(1, sizeof(*sk));
-        sk->ev = event_new(cv->base, s, kind, sock_event_cb, cv);
+        sk = cv->free_socks;
+        if (sk) {
+            cv->free_socks = sk->next;
+        } else {
+            sk = xcalloc(1, sizeof(*sk));
+            sk->ev = event_new(cv->base, -1, 0, NULL, NULL);
+            if (!sk->ev) {
+                free(sk);
+                return -1; /* curl fails the transfer */
+            }
+            sk->every = cv->all_socks;
+            cv->all_socks = sk;
+        }
         curl_multi_assign(cv->multi, s, sk);
+    } else if (sk->kind == kind) {
+        return 0;
     } else {
         event_del(sk->ev);
-        event_assign(sk->ev, cv->base, s, kind, sock_event_cb, cv);
     }
+    event_assign(sk->ev, cv->base, s, kind, sock_event_cb, cv);
+    sk->kind = kind;
     event_add(sk->ev, NULL);
     return 0;
 }
@@ -129,6 +150,12 @@ void curlev_free(struct curlev *cv)
     if (!cv)
         return;
     curl_multi_cleanup(cv->multi);
+    while (cv->all_socks) {
+        struct curlev_sock *sk = cv->all_socks;
+        cv->all_socks = sk->every;
+        event_free(sk->ev);
+        free(sk);
+    }
     event_free(cv->timer);
     free(cv);
 }
