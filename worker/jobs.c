@@ -44,7 +44,10 @@ static const char sql_claim[] =
     "   COALESCE(k.rate_per_minute, 0) AS rate, COALESCE(c.timezone, 'UTC') AS tz,"
     "   COALESCE(CASE WHEN now() > " GATE_DEADLINE_SQL " THEN 'expired' END,"
     "     " GATE_SKIP_SQL("d.channel", "TRUE", "t.frequency_cap_7d") ") AS skip,"
-    "   " GATE_DEADLINE_SQL " AS deadline"
+    "   " GATE_DEADLINE_SQL " AS deadline,"
+    /* What the send needs of the customer, read here once. */
+    "   c.phone, c.first_name, c.last_name, c.email, c.external_id, c.attributes,"
+    "   " GATE_OPTED_OUT("d.channel") " AS opted_out"
     "  FROM j JOIN deliveries d ON d.id = j.id AND d.tenant_id = j.tenant_id"
     "   AND " CLAIMABLE_SQL
     "  JOIN campaigns k ON k.tenant_id = d.tenant_id AND k.id = d.campaign_id"
@@ -67,7 +70,9 @@ static const char sql_claim[] =
     "    claimed_by = $3, claimed_at = now(), next_attempt_at = NULL, updated_at = now()"
     "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND " CLAIMABLE_SQL
     "    AND (g2.reason IS NOT NULL OR g2.due <= now())"
-    "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts, d.status),"
+    "  RETURNING d.id, d.tenant_id, d.campaign_id, d.customer_id, d.attempts, d.status,"
+    "    g2.phone, g2.first_name, g2.last_name, g2.email, g2.external_id, g2.attributes,"
+    "    g2.opted_out),"
     " deferred AS ("
     "  UPDATE deliveries d SET status = 'queued', next_attempt_at = g2.due, updated_at = now()"
     "  FROM g2 WHERE d.id = g2.id AND d.tenant_id = g2.tenant_id AND " CLAIMABLE_SQL
@@ -75,15 +80,14 @@ static const char sql_claim[] =
     "  RETURNING d.id, d.tenant_id, g2.due,"
     "    g2.channel || '|' || g2.id || '|' || g2.tenant_id || '|' || g2.campaign_id || '|'"
     "    || g2.rate AS member)"
-    " SELECT cl.id, cl.tenant_id, cl.attempts, c.phone, c.first_name, c.last_name, c.email,"
-    "  c.external_id, c.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
-    "  p.credentials, " GATE_OPTED_OUT("k.channel") ", cl.campaign_id, cl.customer_id,"
+    " SELECT cl.id, cl.tenant_id, cl.attempts, cl.phone, cl.first_name, cl.last_name, cl.email,"
+    "  cl.external_id, cl.attributes::text, k.message->>'body', p.id, p.kind, p.from_address,"
+    "  p.credentials, cl.opted_out, cl.campaign_id, cl.customer_id,"
     "  k.variants::text, 's', NULL::bigint, NULL::text, p.rate_per_second, k.channel,"
     /* The whole message only where it is rendered here, an email's. */
     "  k.agent_config->>'machine_detection',"
     "  CASE WHEN k.channel = 'email' THEN k.message::text END"
     " FROM claimed cl"
-    " JOIN customers c ON c.tenant_id = cl.tenant_id AND c.id = cl.customer_id"
     " JOIN campaigns k ON k.tenant_id = cl.tenant_id AND k.id = cl.campaign_id"
     " LEFT JOIN provider_accounts p ON p.tenant_id = k.tenant_id AND p.id = k.provider_account_id"
     " WHERE cl.status = 'sending'"
