@@ -127,10 +127,11 @@
  * 201 and record line, written by hand on this hot path, are byte for byte what cJSON
  * prints, and exits 0 or 1.
  *
- * Single-threaded libevent evhttp server bound to loopback only; no per-request logging so
- * it sustains tens of thousands of keep-alive requests per second. A held request keeps its
- * evhttp_request; reading on its connection is paused until the reply (HTTP/1.1 clients do
- * not pipeline). */
+ * Single-threaded libevent server bound to loopback only: the HTTP/1.1 server side is
+ * fake_http.c (requests parsed in place, one send() per reply, replies byte for byte what
+ * libevent's evhttp sent), the status callbacks' client side evhttp. No per-request logging,
+ * so it sustains tens of thousands of keep-alive requests per second. A held request keeps
+ * its fhttp_request; nothing more is read on its connection until the reply. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -152,20 +153,20 @@
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "fake_http.h"
 #include "xalloc.h"
 
 /* ------------------------------------------------------------------------------------------
  * Limits and fixed protocol strings
  * ------------------------------------------------------------------------------------------ */
 
-#define FAKE_MAX_REQUEST_BODY (1024 * 1024) /* larger bodies get libevent's 413 */
+#define FAKE_MAX_REQUEST_BODY (1024 * 1024) /* larger bodies get fake_http's 413 */
 #define FAKE_MAX_AUTH_HEADER 1024
 #define FAKE_MAX_FORM_KEY 64
 #define FAKE_MAX_FORM_FIELDS 12
@@ -328,10 +329,9 @@ struct callbacks {
 struct app {
     const struct fake_config *cfg;
     struct event_base *base;
-    struct evhttp *http;
-    struct evbuffer *out; /* reused reply body; evhttp_send_reply drains it */
-    struct scratch json;  /* Messages.json reply and record line */
-    char *credentials;    /* "sid:token", compared with the decoded Basic auth */
+    struct fhttp_server *http;
+    struct scratch json; /* Messages.json reply and record line */
+    char *credentials;   /* "sid:token", compared with the decoded Basic auth */
     size_t credentials_len;
     char *messages_path; /* TW_ACCOUNTS_PREFIX sid "/" TW_MESSAGES_LEAF */
     char *calls_path;    /* TW_ACCOUNTS_PREFIX sid "/" TW_CALLS_LEAF */
@@ -351,7 +351,6 @@ struct app {
     struct fault_config faults;
     bool faults_active; /* some fraction > 0 */
     uint64_t rng;       /* splitmix64 state, from faults.seed */
-    bool early_close;   /* the backend reports a peer's close (EV_CLOSED) */
     struct hold *holds; /* requests waiting for a delayed reply or a close */
     size_t held;
     struct callbacks cb;
@@ -374,7 +373,7 @@ enum route {
 /* One request in flight: what the reply door needs to count and label the answer. */
 struct exchange {
     struct app *app;
-    struct evhttp_request *req;
+    struct fhttp_request *req;
     enum route route;
     const char *path;
     bool counted;          /* an emulated-API request: counts in requests / rejected */
@@ -937,35 +936,36 @@ static double rng_unit(uint64_t *state)
 /* ------------------------------------------------------------------------------------------
  * Held requests: a reply sent later, or no reply at all
  *
- * A held request keeps its evhttp_request, which stays valid until we answer it or free
- * its connection: reading on the connection is paused first (libevent 2.1 would otherwise
- * notice the peer's close, detach the request and free the connection under us). A drop
- * ends when timeout_ms has passed or, with a backend that reports it (EV_CLOSED), when
- * the client closes, whichever is first; then the connection is freed without a reply.
+ * A held request keeps its fhttp_request, which stays valid until we answer or drop it;
+ * fake_http reads nothing more on its connection meanwhile. A drop ends when timeout_ms has
+ * passed or, with a backend that reports it (EV_CLOSED), when the client closes, whichever
+ * is first; then the connection is closed without a reply.
  * ------------------------------------------------------------------------------------------ */
 
-/* Reason phrases libevent 2.1 lacks ("Client Error" otherwise); NULL: libevent's own. */
+/* Reason phrases libevent 2.1 (and so fake_http) lacks ("Client Error" otherwise); NULL:
+ * the standard one. */
 static const char *reply_reason(int status)
 {
     return status == FAKE_HTTP_TOO_MANY_REQUESTS ? "Too Many Requests" : NULL;
 }
 
 enum hold_kind {
-    HOLD_REPLY = 0, /* the reply is composed in the request's output buffer */
+    HOLD_REPLY = 0, /* headers added to the request; the body kept here */
     HOLD_DROP,
 };
 
 struct hold {
     struct hold *prev, *next;
     struct app *app;
-    struct evhttp_request *req;
+    struct fhttp_request *req;
     struct event *timer;
-    struct event *closed; /* HOLD_DROP with early close: EV_CLOSED on the socket; or NULL */
     enum hold_kind kind;
     int status;
+    char *body; /* HOLD_REPLY */
+    size_t body_len;
 };
 
-static void hold_unlink_free_events(struct hold *h)
+static void hold_unlink_free(struct hold *h)
 {
     struct app *app = h->app;
     if (h->prev)
@@ -976,29 +976,27 @@ static void hold_unlink_free_events(struct hold *h)
         h->next->prev = h->prev;
     app->held--;
     /* Freeing a fired one-shot event inside its own callback is allowed by libevent; the
-     * loop does not touch it afterwards. The socket is still open here. */
-    if (h->closed)
-        event_free(h->closed);
+     * loop does not touch it afterwards. */
     event_free(h->timer);
+    free(h->body);
+    free(h);
 }
 
-/* Ends the hold: sends the composed reply or frees the connection. Frees h. */
+/* Ends the hold: sends the composed reply or closes the connection. Frees h. */
 static void hold_finish(struct hold *h)
 {
-    struct evhttp_request *req = h->req;
+    struct fhttp_request *req = h->req;
     enum hold_kind kind = h->kind;
     int status = h->status;
-    hold_unlink_free_events(h);
-    free(h);
-    if (kind == HOLD_REPLY) {
-        evhttp_send_reply(req, status, reply_reason(status), NULL); /* frees a detached req */
-        return;
-    }
-    struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    if (conn)
-        evhttp_connection_free(conn); /* frees req with it */
+    char *body = h->body;
+    size_t body_len = h->body_len;
+    h->body = NULL;
+    hold_unlink_free(h);
+    if (kind == HOLD_REPLY)
+        fhttp_send_reply(req, status, reply_reason(status), body, body_len);
     else
-        evhttp_request_free(req);
+        fhttp_drop(req);
+    free(body);
 }
 
 static void hold_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -1008,38 +1006,34 @@ static void hold_on_timer(evutil_socket_t fd, short what, void *arg)
     hold_finish(arg);
 }
 
-static void hold_on_closed(evutil_socket_t fd, short what, void *arg)
+static void hold_on_closed(struct fhttp_request *req, void *arg)
 {
-    (void)fd;
-    (void)what;
+    (void)req;
     hold_finish(arg);
 }
 
-static void hold_start(struct app *app, struct evhttp_request *req, enum hold_kind kind, int status,
-                       long long ms)
+/* Holds req for ms: then sends status with body (HOLD_REPLY; copied) or drops it. */
+static void hold_start(struct app *app, struct fhttp_request *req, enum hold_kind kind, int status,
+                       const char *body, size_t body_len, long long ms)
 {
     struct hold *h = xcalloc(1, sizeof(*h));
     h->app = app;
     h->req = req;
     h->kind = kind;
     h->status = status;
-    struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
-    if (bev)
-        bufferevent_disable(bev, EV_READ);
+    if (kind == HOLD_REPLY) {
+        h->body = xmalloc(body_len + 1);
+        memcpy(h->body, body, body_len);
+        h->body_len = body_len;
+    }
     struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     h->timer = evtimer_new(app->base, hold_on_timer, h);
     if (!h->timer || evtimer_add(h->timer, &tv) != 0) {
         fprintf(stderr, "fatal: cannot arm a reply timer\n");
         abort();
     }
-    if (kind == HOLD_DROP && bev && app->early_close) {
-        h->closed = event_new(app->base, bufferevent_getfd(bev), EV_CLOSED, hold_on_closed, h);
-        if (h->closed && event_add(h->closed, NULL) != 0) {
-            event_free(h->closed);
-            h->closed = NULL; /* the timer alone ends it */
-        }
-    }
+    if (kind == HOLD_DROP)
+        (void)fhttp_notify_close(req, hold_on_closed, h); /* else the timer alone ends it */
     h->next = app->holds;
     if (app->holds)
         app->holds->prev = h;
@@ -1047,21 +1041,15 @@ static void hold_start(struct app *app, struct evhttp_request *req, enum hold_ki
     app->held++;
 }
 
-/* At exit, before evhttp_free (which frees the connections and their requests). */
+/* At exit, before fhttp_server_free (which frees the connections and their requests). */
 static void holds_cleanup(struct app *app)
 {
-    while (app->holds) {
-        struct hold *h = app->holds;
-        struct evhttp_request *req = h->req;
-        hold_unlink_free_events(h);
-        free(h);
-        if (!evhttp_request_get_connection(req))
-            evhttp_request_free(req);
-    }
+    while (app->holds)
+        hold_unlink_free(app->holds);
 }
 
 /* ------------------------------------------------------------------------------------------
- * Replies: the only place that sets headers and calls evhttp_send_reply
+ * Replies: the only place that sets headers and calls fhttp_send_reply
  * ------------------------------------------------------------------------------------------ */
 
 /* What snprintf(out, 35, "%.2s%016" PRIx64 "%016" PRIx64, prefix, hi, lo) writes, for a
@@ -1092,35 +1080,32 @@ static void make_id(struct app *app, const char *prefix, uint64_t counter, char 
 static void reply_send(struct exchange *ex, int status, const char *json, size_t len)
 {
     struct app *app = ex->app;
-    struct evkeyvalq *h = evhttp_request_get_output_headers(ex->req);
-    evhttp_add_header(h, "Content-Type", "application/json");
+    fhttp_add_header(ex->req, "Content-Type", "application/json");
     if (ex->counted) {
         char rq[35];
         make_id(app, "RQ", ++app->request_counter, rq);
-        evhttp_add_header(h, "Twilio-Request-Id", rq);
+        fhttp_add_header(ex->req, "Twilio-Request-Id", rq);
         if (status >= 300 && !ex->faulted)
             app->stats.rejected++;
     }
     if (status == FAKE_HTTP_UNAUTHORIZED)
-        evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"Twilio API\"");
+        fhttp_add_header(ex->req, "WWW-Authenticate", "Basic realm=\"Twilio API\"");
     if (ex->retry_after > 0) {
         char v[24];
         snprintf(v, sizeof(v), "%lld", ex->retry_after);
-        evhttp_add_header(h, "Retry-After", v);
+        fhttp_add_header(ex->req, "Retry-After", v);
     }
     if (ex->counted && app->faults.latency_ms > 0) {
-        evbuffer_add(evhttp_request_get_output_buffer(ex->req), json, len);
-        hold_start(app, ex->req, HOLD_REPLY, status, app->faults.latency_ms);
+        hold_start(app, ex->req, HOLD_REPLY, status, json, len, app->faults.latency_ms);
         return;
     }
-    evbuffer_add(app->out, json, len);
-    evhttp_send_reply(ex->req, status, reply_reason(status), app->out);
+    fhttp_send_reply(ex->req, status, reply_reason(status), json, len);
 }
 
 /* No reply: the connection is closed after timeout_ms, or when the client closes it. */
 static void reply_withhold(struct exchange *ex)
 {
-    hold_start(ex->app, ex->req, HOLD_DROP, 0, ex->app->faults.timeout_ms);
+    hold_start(ex->app, ex->req, HOLD_DROP, 0, NULL, 0, ex->app->faults.timeout_ms);
 }
 
 /* Serialises root (deleted here) and sends it. */
@@ -1508,11 +1493,10 @@ static void form_parse(struct form *f, const struct form_spec *spec, const char 
 
 /* The request body, parsed with spec. */
 static void form_parse_request(struct form *f, const struct form_spec *spec,
-                               struct evhttp_request *req)
+                               const struct fhttp_request *req)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    size_t n;
+    const char *body = fhttp_request_body(req, &n);
     form_parse(f, spec, body, n);
 }
 
@@ -2564,9 +2548,8 @@ static void fake_config_get(struct exchange *ex)
 
 static void fake_config_set(struct exchange *ex)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(ex->req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    size_t n;
+    const char *body = fhttp_request_body(ex->req, &n);
     char *err = fault_config_apply_json(ex->app, body, n);
     if (err) {
         reply_control_error(ex, err);
@@ -2618,9 +2601,8 @@ static void resource_fetch(struct exchange *ex, bool call)
 static void fake_status_set(struct exchange *ex)
 {
     struct app *app = ex->app;
-    struct evbuffer *in = evhttp_request_get_input_buffer(ex->req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    size_t n;
+    const char *body = fhttp_request_body(ex->req, &n);
     cJSON *root = cJSON_ParseWithLength(body, n);
     const cJSON *sid = cJSON_GetObjectItemCaseSensitive(root, "sid");
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(root, "status");
@@ -2674,33 +2656,33 @@ static bool is_resource_path(const char *path, const char *dir)
  * Routing and authentication
  * ------------------------------------------------------------------------------------------ */
 
-static enum route route_of(const struct app *app, enum evhttp_cmd_type method, const char *path)
+static enum route route_of(const struct app *app, enum fhttp_method method, const char *path)
 {
     if (strcmp(path, "/_fake/stats") == 0)
-        return method == EVHTTP_REQ_GET ? ROUTE_FAKE_STATS : ROUTE_NOT_FOUND;
+        return method == FHTTP_GET ? ROUTE_FAKE_STATS : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/reset") == 0)
-        return method == EVHTTP_REQ_POST ? ROUTE_FAKE_RESET : ROUTE_NOT_FOUND;
+        return method == FHTTP_POST ? ROUTE_FAKE_RESET : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/status") == 0)
-        return method == EVHTTP_REQ_POST ? ROUTE_FAKE_STATUS : ROUTE_NOT_FOUND;
+        return method == FHTTP_POST ? ROUTE_FAKE_STATUS : ROUTE_NOT_FOUND;
     if (strcmp(path, "/_fake/config") == 0)
-        return method == EVHTTP_REQ_GET    ? ROUTE_FAKE_CONFIG_GET
-               : method == EVHTTP_REQ_POST ? ROUTE_FAKE_CONFIG_SET
-                                           : ROUTE_NOT_FOUND;
+        return method == FHTTP_GET    ? ROUTE_FAKE_CONFIG_GET
+               : method == FHTTP_POST ? ROUTE_FAKE_CONFIG_SET
+                                      : ROUTE_NOT_FOUND;
     if (strncmp(path, TW_API_PREFIX, strlen(TW_API_PREFIX)) != 0)
         return ROUTE_NOT_FOUND;
-    if (method == EVHTTP_REQ_POST && strcmp(path, app->messages_path) == 0)
+    if (method == FHTTP_POST && strcmp(path, app->messages_path) == 0)
         return ROUTE_MESSAGES_CREATE;
-    if (method == EVHTTP_REQ_POST && strcmp(path, app->calls_path) == 0)
+    if (method == FHTTP_POST && strcmp(path, app->calls_path) == 0)
         return ROUTE_CALLS_CREATE;
-    if (method == EVHTTP_REQ_GET && is_resource_path(path, app->messages_dir))
+    if (method == FHTTP_GET && is_resource_path(path, app->messages_dir))
         return ROUTE_MESSAGE_FETCH;
-    if (method == EVHTTP_REQ_GET && is_resource_path(path, app->calls_dir))
+    if (method == FHTTP_GET && is_resource_path(path, app->calls_dir))
         return ROUTE_CALL_FETCH;
     return ROUTE_API_OTHER;
 }
 
 /* True when Basic credentials match and any /Accounts/{sid}/ in the path is ours. */
-static bool auth_ok(const struct app *app, struct evhttp_request *req, const char *path)
+static bool auth_ok(const struct app *app, const struct fhttp_request *req, const char *path)
 {
     size_t pl = strlen(TW_ACCOUNTS_PREFIX);
     if (strncmp(path, TW_ACCOUNTS_PREFIX, pl) == 0) {
@@ -2709,7 +2691,7 @@ static bool auth_ok(const struct app *app, struct evhttp_request *req, const cha
         if (sl != strlen(app->cfg->account_sid) || memcmp(sid, app->cfg->account_sid, sl) != 0)
             return false;
     }
-    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *h = fhttp_request_header(req, "Authorization");
     if (!h)
         return false;
     h += strspn(h, " \t");
@@ -2725,13 +2707,11 @@ static bool auth_ok(const struct app *app, struct evhttp_request *req, const cha
     return declen == app->credentials_len && memcmp(dec, app->credentials, declen) == 0;
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+static void on_request(struct fhttp_request *req, void *arg)
 {
     struct app *app = arg;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    struct exchange ex = {.app = app, .req = req, .path = path ? path : ""};
-    ex.route = route_of(app, evhttp_request_get_command(req), ex.path);
+    struct exchange ex = {.app = app, .req = req, .path = fhttp_request_path(req)};
+    ex.route = route_of(app, fhttp_request_method(req), ex.path);
     ex.counted = ex.route != ROUTE_FAKE_STATS && ex.route != ROUTE_FAKE_RESET &&
                  ex.route != ROUTE_FAKE_CONFIG_GET && ex.route != ROUTE_FAKE_CONFIG_SET &&
                  ex.route != ROUTE_FAKE_STATUS && ex.route != ROUTE_MESSAGE_FETCH &&
@@ -2947,19 +2927,6 @@ out:
     }
     free(tmp);
     return rc;
-}
-
-static int bound_port(struct evhttp_bound_socket *bound)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sl) != 0)
-        return -1;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    if (ss.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return -1;
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -3217,7 +3184,6 @@ int main(int argc, char **argv)
 
     struct app app = {.cfg = &cfg};
     struct event *sigterm = NULL, *sigint = NULL;
-    struct evhttp_bound_socket *bound;
     int port;
     signal(SIGPIPE, SIG_IGN);
     seed_ids(&app);
@@ -3244,21 +3210,13 @@ int main(int argc, char **argv)
     }
 
     app.base = event_base_new();
-    app.http = app.base ? evhttp_new(app.base) : NULL;
-    app.out = evbuffer_new();
-    if (!app.http || !app.out) {
+    if (!app.base) {
         fprintf(stderr, "fake-twilio: libevent initialisation failed\n");
         goto out;
     }
-    app.early_close = (event_base_get_features(app.base) & EV_FEATURE_EARLY_CLOSE) != 0;
-    evhttp_set_allowed_methods(app.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    evhttp_set_max_body_size(app.http, FAKE_MAX_REQUEST_BODY);
-    evhttp_set_gencb(app.http, on_request, &app);
-
-    bound = evhttp_bind_socket_with_handle(app.http, cfg.host, (ev_uint16_t)cfg.port);
-    port = bound ? bound_port(bound) : -1;
+    app.http =
+        fhttp_server_new(app.base, cfg.host, cfg.port, FAKE_MAX_REQUEST_BODY, on_request, &app);
+    port = app.http ? fhttp_server_port(app.http) : -1;
     if (port < 0) {
         fprintf(stderr, "fake-twilio: cannot listen on %s port %d: %s\n", cfg.host, cfg.port,
                 strerror(errno));
@@ -3301,10 +3259,7 @@ out:
         event_free(sigint);
     holds_cleanup(&app);
     cb_cleanup(&app);
-    if (app.http)
-        evhttp_free(app.http);
-    if (app.out)
-        evbuffer_free(app.out);
+    fhttp_server_free(app.http);
     scratch_cleanup(&app.json);
     if (app.base)
         event_base_free(app.base);
