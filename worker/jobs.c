@@ -30,9 +30,10 @@
  * through the primary key, whatever the statistics say. As plain
  * comparisons they let the planner drive the statement from a status index
  * instead, and a transient status ('sending', 'queued' of a moment) always
- * looks rare to the statistics: the cached plan then read the whole index on
- * every statement, 300 ms instead of 5 (the benchmark's runs fell from 9,000
- * sends/s to 4,000 whenever an ANALYZE had run at the wrong moment). */
+ * looks rare to the statistics: the plan then read the whole index on every
+ * statement, 70-100 ms on average instead of 5 (benchmark runs fell from
+ * 9,000 sends/s to 3,700-5,900 whenever an ANALYZE had run at the wrong
+ * moment). */
 #define CLAIMABLE_SQL                                                                              \
     "(CASE d.status WHEN 'pending' THEN true WHEN 'queued' THEN true"                              \
     " WHEN 'retry' THEN d.next_attempt_at <= now() + interval '1 second' ELSE false END)"
