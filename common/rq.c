@@ -94,3 +94,13 @@ enum cr_err rq_ensure_group(redisContext *c, const char *key, const char *group)
     freeReplyObject(r);
     return err;
 }
+
+const char *rq_entry_field(const redisReply *fields, const char *name)
+{
+    for (size_t k = 0; k + 1 < fields->elements; k += 2)
+        if (fields->element[k]->type == REDIS_REPLY_STRING &&
+            strcmp(fields->element[k]->str, name) == 0 &&
+            fields->element[k + 1]->type == REDIS_REPLY_STRING)
+            return fields->element[k + 1]->str;
+    return NULL;
+}

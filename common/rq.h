@@ -36,4 +36,8 @@ redisAsyncContext *rq_connect_async(const char *url, char *err, size_t errsz);
 /* XGROUP CREATE key group $ MKSTREAM, ignoring BUSYGROUP. */
 enum cr_err rq_ensure_group(redisContext *c, const char *key, const char *group) CR_MUST_CHECK;
 
+/* The string value of field name in a stream entry's [field, value, ...]
+ * array, or NULL when it is absent or not a string. */
+const char *rq_entry_field(const redisReply *fields, const char *name);
+
 #endif

@@ -255,16 +255,6 @@ static void ack(struct inbound *in, char **ids, int n)
  * Parsing entries into events
  * ------------------------------------------------------------------- */
 
-static const char *entry_field(const redisReply *fields, const char *name)
-{
-    for (size_t k = 0; k + 1 < fields->elements; k += 2)
-        if (fields->element[k]->type == REDIS_REPLY_STRING &&
-            strcmp(fields->element[k]->str, name) == 0 &&
-            fields->element[k + 1]->type == REDIS_REPLY_STRING)
-            return fields->element[k + 1]->str;
-    return NULL;
-}
-
 /* A positive decimal id (at most 18 digits). */
 static bool parse_id(const char *s, long long *out)
 {
@@ -415,8 +405,8 @@ static const char *parse_twilio_gather(struct batch *b, long long tenant, const 
                                        const char *body, size_t len)
 {
     long long delivery = 0;
-    const char *q = entry_field(fields, "q");
-    if (!parse_id(entry_field(fields, "delivery"), &delivery))
+    const char *q = rq_entry_field(fields, "q");
+    if (!parse_id(rq_entry_field(fields, "delivery"), &delivery))
         return "no valid delivery";
     if (q && (!*q || strlen(q) > 4 || strspn(q, "0123456789") != strlen(q)))
         return "q is not a question index";
@@ -427,7 +417,7 @@ static const char *parse_twilio_gather(struct batch *b, long long tenant, const 
     form_get(body, len, "Confidence", NULL, conf, sizeof(conf));
     form_get(body, len, "SpeechResult", NULL, speech, INBOUND_SPEECH_MAX);
     cJSON *p = cJSON_CreateObject();
-    cJSON_AddStringToObject(p, "delivery", entry_field(fields, "delivery")); /* exact */
+    cJSON_AddStringToObject(p, "delivery", rq_entry_field(fields, "delivery")); /* exact */
     if (q)
         cJSON_AddNumberToObject(p, "q", (double)strtol(q, NULL, 10));
     if (is_token(sid))
@@ -499,8 +489,8 @@ static enum parse_result parse_entry(struct batch *b, const redisReply *en, stru
     e->first = b->nevents;
     if (fields->type != REDIS_REPLY_ARRAY)
         return PARSE_DELETED;
-    const char *kind = entry_field(fields, "kind");
-    const char *body = entry_field(fields, "body");
+    const char *kind = rq_entry_field(fields, "kind");
+    const char *body = rq_entry_field(fields, "body");
     long long tenant = 0;
     int k = 0;
     while (kind && k < INBOUND_NKINDS && strcmp(kind, inbound_kind_names[k]) != 0)
@@ -508,7 +498,7 @@ static enum parse_result parse_entry(struct batch *b, const redisReply *en, stru
     const char *why = NULL;
     if (!kind || k == INBOUND_NKINDS)
         why = "unknown kind";
-    else if (!parse_id(entry_field(fields, "tenant"), &tenant))
+    else if (!parse_id(rq_entry_field(fields, "tenant"), &tenant))
         why = "no valid tenant";
     else if (!body)
         why = "no body";

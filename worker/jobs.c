@@ -275,16 +275,6 @@ static void ack_ids(struct worker *w, int ch, char **ids, int n)
     free(argv);
 }
 
-static const char *field_value(redisReply *fields, const char *name)
-{
-    for (size_t k = 0; k + 1 < fields->elements; k += 2)
-        if (fields->element[k]->type == REDIS_REPLY_STRING &&
-            strcmp(fields->element[k]->str, name) == 0 &&
-            fields->element[k + 1]->type == REDIS_REPLY_STRING)
-            return fields->element[k + 1]->str;
-    return NULL;
-}
-
 /* A batch of stream entries on its way through the claim. */
 struct claim {
     struct worker *w;
@@ -453,8 +443,8 @@ static void process_entries(struct worker *w, int ch, redisReply *entries, bool 
             continue;
         snprintf(e->stream_id, sizeof(e->stream_id), "%s", en->element[0]->str);
         const char *d =
-            en->element[1]->type == REDIS_REPLY_ARRAY ? field_value(en->element[1], "d") : NULL;
-        const char *t = d ? field_value(en->element[1], "t") : NULL;
+            en->element[1]->type == REDIS_REPLY_ARRAY ? rq_entry_field(en->element[1], "d") : NULL;
+        const char *t = d ? rq_entry_field(en->element[1], "t") : NULL;
         if (!d || !t) {
             log_warn("job %s has no delivery/tenant; dropping it", e->stream_id);
             bad[nbad++] = e->stream_id;
